@@ -1,1 +1,42 @@
-export {};
+export { errnoName, KvmError } from "./errors.js";
+export { EventFd, pollReadable } from "./eventfd.js";
+export {
+  Cap,
+  ExitReason,
+  Ioctl,
+  type IoctlName,
+  KVM_API_VERSION,
+} from "./ioctls.js";
+export { Kvm } from "./kvm.js";
+export {
+  GuestMemory,
+  type GuestMemoryDescriptor,
+  GuestMemoryError,
+  GuestRegion,
+  type GuestRegionDescriptor,
+  PAGE_SIZE,
+  WINDOW_SIZE,
+} from "./memory.js";
+export { type AccelerationProbe, HARDWARE_SPEED_THRESHOLD, probeAcceleration } from "./probe.js";
+export {
+  CPUID_FLAG_SIGNIFICANT_INDEX,
+  type CpuidEntry,
+  type DescriptorTable,
+  type Fpu,
+  MpState,
+  type MsrEntry,
+  type Regs,
+  type Segment,
+  type Sregs,
+} from "./structs.js";
+export { Vcpu, type VcpuDescriptor, type VcpuExit } from "./vcpu.js";
+export {
+  type ExitAction,
+  type ExitHandler,
+  type ExitHandlerFactory,
+  VcpuThread,
+  type VcpuThreadOptions,
+  type VcpuThreadResult,
+  type VcpuWorkerContext,
+} from "./vcpu-thread.js";
+export { type GsiRoute, type IoeventfdOptions, type MemoryRegionOptions, type MsiMessage, Vm } from "./vm.js";

@@ -1,0 +1,138 @@
+import { Worker } from "node:worker_threads";
+import { sys } from "./errors.js";
+import type { GuestMemory, GuestMemoryDescriptor } from "./memory.js";
+import { native } from "./native.js";
+import type { Vcpu, VcpuDescriptor, VcpuExit } from "./vcpu.js";
+
+/** What an exit handler tells the loop: keep running (nothing, or "continue"), or stop with a reason. */
+export type ExitAction = undefined | "continue" | { stop: string; detail?: unknown };
+
+/** Handles one exit, synchronously, inside the vCPU's worker. */
+export type ExitHandler = (exit: VcpuExit) => ExitAction | undefined;
+
+/** What a handler module's `createExitHandler` receives, in the worker. */
+export interface VcpuWorkerContext<D = unknown> {
+  vcpu: Vcpu;
+  memory: GuestMemory;
+  /** The `data` given to {@link VcpuThread.start} (structured-cloned). */
+  data: D;
+  /** Sends a message to the thread that started the vCPU ({@link VcpuThreadOptions.onMessage}). */
+  post(message: unknown): void;
+  /** True once {@link VcpuThread.stop} was called. */
+  stopRequested(): boolean;
+}
+
+/**
+ * The shape of a handler module: `export function createExitHandler(ctx)`.
+ * It runs in the worker, so it must be a JavaScript module the worker can import.
+ */
+export type ExitHandlerFactory<D = unknown> = (ctx: VcpuWorkerContext<D>) => ExitHandler | Promise<ExitHandler>;
+
+export interface VcpuThreadOptions<D = unknown> {
+  vcpu: Vcpu;
+  memory: GuestMemory;
+  /** URL or absolute path of the handler module. */
+  handlerModule: string | URL;
+  data?: D;
+  /** Messages the handler posts with `ctx.post`. */
+  onMessage?: (message: unknown) => void;
+}
+
+/** Why a vCPU thread ended. */
+export type VcpuThreadResult =
+  | { vcpuId: number; reason: "stopped"; exits: number }
+  | { vcpuId: number; reason: "handler"; stop: string; detail?: unknown; exits: number }
+  | { vcpuId: number; reason: "error"; error: string; exits: number };
+
+/** Layout of the control block shared with the worker (Int32 slots). */
+export const Control = { TID: 0, STOP: 1, STATE: 2 } as const;
+export const ThreadState = { STARTING: 0, RUNNING: 1, EXITED: 2 } as const;
+
+/** Data the worker is started with. */
+export interface VcpuWorkerData {
+  vcpu: VcpuDescriptor;
+  memory: GuestMemoryDescriptor;
+  handlerModule: string;
+  data: unknown;
+  control: SharedArrayBuffer;
+}
+
+/**
+ * A vCPU running its KVM_RUN loop in a worker of its own, with the exit handlers
+ * in that worker (forwarding exits to the main thread costs ~7×). Any thread can
+ * {@link kick} it out of KVM_RUN; {@link stop} ends the loop promptly even when the
+ * guest never exits on its own.
+ */
+export class VcpuThread {
+  readonly vcpu: Vcpu;
+  readonly worker: Worker;
+  readonly exited: Promise<VcpuThreadResult>;
+  readonly #control: Int32Array;
+
+  private constructor(vcpu: Vcpu, worker: Worker, control: Int32Array, exited: Promise<VcpuThreadResult>) {
+    this.vcpu = vcpu;
+    this.worker = worker;
+    this.#control = control;
+    this.exited = exited;
+  }
+
+  /** Starts the worker; resolves once the handler is built and the loop is about to run. */
+  static async start<D>(options: VcpuThreadOptions<D>): Promise<VcpuThread> {
+    const control = new Int32Array(new SharedArrayBuffer(16));
+    const handlerModule =
+      options.handlerModule instanceof URL ? options.handlerModule.href : new URL(options.handlerModule, "file:///").href;
+    const workerData: VcpuWorkerData = {
+      vcpu: options.vcpu.describe(),
+      memory: options.memory.describe(),
+      handlerModule,
+      data: options.data,
+      control: control.buffer as SharedArrayBuffer,
+    };
+    const worker = new Worker(new URL("./vcpu-worker.js", import.meta.url), { workerData });
+    let ready!: () => void;
+    let failed!: (e: Error) => void;
+    const started = new Promise<void>((res, rej) => {
+      ready = res;
+      failed = rej;
+    });
+    const exited = new Promise<VcpuThreadResult>((resolve) => {
+      let result: VcpuThreadResult | undefined;
+      worker.on("message", (m: { type: string; result?: VcpuThreadResult; message?: unknown; error?: string }) => {
+        if (m.type === "ready") ready();
+        else if (m.type === "failed") failed(new Error(`vCPU ${options.vcpu.id} handler failed to start: ${m.error}`));
+        else if (m.type === "result") result = m.result;
+        else if (m.type === "message") options.onMessage?.(m.message);
+      });
+      worker.on("error", (e) => {
+        result ??= { vcpuId: options.vcpu.id, reason: "error", error: e.message, exits: 0 };
+        failed(e);
+      });
+      worker.on("exit", () => {
+        failed(new Error(`vCPU ${options.vcpu.id} worker exited before it started`));
+        resolve(result ?? { vcpuId: options.vcpu.id, reason: "error", error: "worker exited without a result", exits: 0 });
+      });
+    });
+    await started;
+    return new VcpuThread(options.vcpu, worker, control, exited);
+  }
+
+  /** Makes KVM_RUN return `interrupted` soon: sets immediate_exit, then signals the thread. */
+  kick(): void {
+    this.vcpu.immediateExit = true;
+    const tid = Atomics.load(this.#control, Control.TID);
+    if (tid > 0 && Atomics.load(this.#control, Control.STATE) !== ThreadState.EXITED) {
+      try {
+        sys("tgkill", () => native().kickThread(tid));
+      } catch {
+        // The thread ended between the check and the signal: nothing left to kick.
+      }
+    }
+  }
+
+  /** Asks the loop to end, kicks the vCPU and waits for the worker to exit. */
+  async stop(): Promise<VcpuThreadResult> {
+    Atomics.store(this.#control, Control.STOP, 1);
+    this.kick();
+    return this.exited;
+  }
+}

@@ -1,0 +1,66 @@
+// Worker entry of a VcpuThread: builds the exit handler and runs the KVM_RUN loop here.
+import { parentPort, workerData } from "node:worker_threads";
+import { GuestMemory } from "./memory.js";
+import { native } from "./native.js";
+import { Vcpu } from "./vcpu.js";
+import {
+  Control,
+  type ExitHandlerFactory,
+  ThreadState,
+  type VcpuThreadResult,
+  type VcpuWorkerContext,
+  type VcpuWorkerData,
+} from "./vcpu-thread.js";
+
+const wd = workerData as VcpuWorkerData;
+const control = new Int32Array(wd.control);
+const port = parentPort!;
+const vcpu = Vcpu.fromDescriptor(wd.vcpu);
+const memory = GuestMemory.fromDescriptor(wd.memory);
+const stopRequested = () => Atomics.load(control, Control.STOP) !== 0;
+
+native().installKickSignal();
+Atomics.store(control, Control.TID, native().gettid());
+
+let exits = 0;
+let started = false;
+let result: VcpuThreadResult;
+try {
+  const mod = (await import(wd.handlerModule)) as { createExitHandler?: ExitHandlerFactory };
+  if (typeof mod.createExitHandler !== "function")
+    throw new Error(`${wd.handlerModule} does not export createExitHandler(ctx)`);
+  const ctx: VcpuWorkerContext = {
+    vcpu,
+    memory,
+    data: wd.data,
+    post: (message) => port.postMessage({ type: "message", message }),
+    stopRequested,
+  };
+  const handle = await mod.createExitHandler(ctx);
+  Atomics.store(control, Control.STATE, ThreadState.RUNNING);
+  port.postMessage({ type: "ready" });
+  started = true;
+  result = { vcpuId: vcpu.id, reason: "stopped", exits: 0 };
+  for (;;) {
+    if (stopRequested()) break;
+    const exit = vcpu.run();
+    exits++;
+    if (exit.reason === "interrupted") {
+      // Clear before looking at the stop flag so a kick that lands now is not lost.
+      vcpu.immediateExit = false;
+      if (stopRequested()) break;
+    }
+    const action = handle(exit);
+    if (action && action !== "continue") {
+      result = { vcpuId: vcpu.id, reason: "handler", stop: action.stop, detail: action.detail, exits };
+      break;
+    }
+  }
+  if (result.reason === "stopped") result = { ...result, exits };
+} catch (e) {
+  const error = e instanceof Error ? (e.stack ?? e.message) : String(e);
+  result = { vcpuId: vcpu.id, reason: "error", error, exits };
+  if (!started) port.postMessage({ type: "failed", error });
+}
+Atomics.store(control, Control.STATE, ThreadState.EXITED);
+port.postMessage({ type: "result", result });
