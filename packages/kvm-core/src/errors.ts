@@ -49,8 +49,10 @@ function hintFor(operation: string, errno: number, path?: string): string | unde
   if (errno === E.EBADF) return "the file descriptor is closed: the object was used after close().";
   if (errno === E.ENOMEM) return "the host is out of memory, or a per-VM limit was hit.";
   if (operation === "KVM_CREATE_VCPU" && errno === E.EEXIST) return "a vCPU with this id already exists.";
-  if (operation === "KVM_CREATE_VCPU" && errno === E.EINVAL) return "the vCPU id is above the host's KVM_CAP_MAX_VCPU_ID.";
-  if (operation === "KVM_CREATE_IRQCHIP" && errno === E.EEXIST) return "the VM already has an in-kernel irqchip.";
+  if (operation === "KVM_CREATE_VCPU" && errno === E.EINVAL)
+    return "the vCPU id is above the host's KVM_CAP_MAX_VCPU_ID.";
+  if (operation === "KVM_CREATE_IRQCHIP" && errno === E.EEXIST)
+    return "the VM already has an in-kernel irqchip.";
   return undefined;
 }
 
@@ -59,7 +61,9 @@ export function sys<T>(operation: string, call: () => T, path?: string): T {
   try {
     return call();
   } catch (e) {
-    if (isNativeErrnoError(e)) throw new KvmError(operation, e.errno, undefined, hintFor(operation, e.errno, path));
+    if (e instanceof KvmError) throw e;
+    if (isNativeErrnoError(e))
+      throw new KvmError(operation, e.errno, undefined, hintFor(operation, e.errno, path));
     if (e instanceof TypeError) throw new KvmError(operation, 0, e.message);
     throw e;
   }

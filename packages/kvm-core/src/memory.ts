@@ -68,7 +68,12 @@ export class GuestRegion {
   }
 
   describe(): GuestRegionDescriptor {
-    return { mappingId: this.mappingId, guestAddress: this.guestAddress, size: this.size, readOnly: this.readOnly };
+    return {
+      mappingId: this.mappingId,
+      guestAddress: this.guestAddress,
+      size: this.size,
+      readOnly: this.readOnly,
+    };
   }
 
   /** The window holding region offset `offset`, created on first use in this thread. */
@@ -77,9 +82,7 @@ export class GuestRegion {
     if (!w) {
       const start = index * WINDOW_SIZE;
       const len = Math.min(WINDOW_SIZE, this.size - start);
-      w = new Uint8Array(
-        sys("guest memory view", () => native().mappingView(this.mappingId, start, len)),
-      );
+      w = new Uint8Array(sys("guest memory view", () => native().mappingView(this.mappingId, start, len)));
       this.#windows[index] = w;
     }
     return w;
@@ -150,7 +153,8 @@ export class GuestMemory {
 
   /** True when [address, address+length) lies entirely in guest RAM. */
   isValidRange(address: number, length: number): boolean {
-    if (!Number.isSafeInteger(address) || !Number.isSafeInteger(length) || address < 0 || length < 0) return false;
+    if (!Number.isSafeInteger(address) || !Number.isSafeInteger(length) || address < 0 || length < 0)
+      return false;
     let a = address;
     let left = length;
     while (left > 0) {
@@ -265,7 +269,10 @@ export class GuestMemory {
 
   #writeScalar(address: number, length: number, set: (dv: DataView) => void): void {
     const dv = this.#dv(address, length);
-    if (dv) return set(dv);
+    if (dv) {
+      set(dv);
+      return;
+    }
     const tmp = new DataView(new ArrayBuffer(length));
     set(tmp);
     this.write(address, new Uint8Array(tmp.buffer));

@@ -7,7 +7,13 @@ export interface NativeBinding {
   open(path: string, flags: number): number;
   close(fd: number): void;
   ioctl(fd: number, request: number, arg?: number | bigint | ArrayBufferView): number;
-  ioctlWithPointer(fd: number, request: number, struct: ArrayBufferView, pointerOffset: number, target: ArrayBufferView): number;
+  ioctlWithPointer(
+    fd: number,
+    request: number,
+    struct: ArrayBufferView,
+    pointerOffset: number,
+    target: ArrayBufferView,
+  ): number;
   mmap(length: number, prot: number, flags: number, fd: number, offset: number): number;
   mappingAddress(id: number): bigint;
   mappingView(id: number, offset: number, length: number): ArrayBuffer;

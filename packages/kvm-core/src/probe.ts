@@ -67,7 +67,8 @@ export function probeAcceleration(path = "/dev/kvm"): AccelerationProbe {
         const t0 = process.hrtime.bigint();
         const exit = vcpu.run();
         const ns = Number(process.hrtime.bigint() - t0);
-        if (exit.reason !== "io" || exit.port !== 0x10) throw new Error(`probe guest exited with ${exit.reason}`);
+        if (exit.reason !== "io" || exit.port !== 0x10)
+          throw new Error(`probe guest exited with ${exit.reason}`);
         ips = (2 * n) / (ns / 1e9);
         if (ns > 50e6) break; // long enough to measure
       }

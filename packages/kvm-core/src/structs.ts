@@ -1,16 +1,45 @@
 // Typed values for the x86 KVM structs, with their exact byte layouts.
 
 export interface Regs {
-  rax: bigint; rbx: bigint; rcx: bigint; rdx: bigint;
-  rsi: bigint; rdi: bigint; rsp: bigint; rbp: bigint;
-  r8: bigint; r9: bigint; r10: bigint; r11: bigint;
-  r12: bigint; r13: bigint; r14: bigint; r15: bigint;
-  rip: bigint; rflags: bigint;
+  rax: bigint;
+  rbx: bigint;
+  rcx: bigint;
+  rdx: bigint;
+  rsi: bigint;
+  rdi: bigint;
+  rsp: bigint;
+  rbp: bigint;
+  r8: bigint;
+  r9: bigint;
+  r10: bigint;
+  r11: bigint;
+  r12: bigint;
+  r13: bigint;
+  r14: bigint;
+  r15: bigint;
+  rip: bigint;
+  rflags: bigint;
 }
 
 const REG_NAMES = [
-  "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
-  "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags",
+  "rax",
+  "rbx",
+  "rcx",
+  "rdx",
+  "rsi",
+  "rdi",
+  "rsp",
+  "rbp",
+  "r8",
+  "r9",
+  "r10",
+  "r11",
+  "r12",
+  "r13",
+  "r14",
+  "r15",
+  "rip",
+  "rflags",
 ] as const satisfies readonly (keyof Regs)[];
 
 export const REGS_SIZE = 144;
@@ -27,7 +56,9 @@ export function decodeRegs(b: Uint8Array): Regs {
 export function encodeRegs(r: Regs): Uint8Array {
   const b = new Uint8Array(REGS_SIZE);
   const dv = new DataView(b.buffer);
-  REG_NAMES.forEach((n, i) => dv.setBigUint64(i * 8, BigInt.asUintN(64, r[n]), true));
+  REG_NAMES.forEach((n, i) => {
+    dv.setBigUint64(i * 8, BigInt.asUintN(64, r[n]), true);
+  });
   return b;
 }
 
@@ -54,10 +85,21 @@ export interface DescriptorTable {
 }
 
 export interface Sregs {
-  cs: Segment; ds: Segment; es: Segment; fs: Segment; gs: Segment; ss: Segment; tr: Segment; ldt: Segment;
+  cs: Segment;
+  ds: Segment;
+  es: Segment;
+  fs: Segment;
+  gs: Segment;
+  ss: Segment;
+  tr: Segment;
+  ldt: Segment;
   gdt: DescriptorTable;
   idt: DescriptorTable;
-  cr0: bigint; cr2: bigint; cr3: bigint; cr4: bigint; cr8: bigint;
+  cr0: bigint;
+  cr2: bigint;
+  cr3: bigint;
+  cr4: bigint;
+  cr8: bigint;
   efer: bigint;
   apicBase: bigint;
   /** Pending external interrupt bitmap (256 bits). */
@@ -90,7 +132,9 @@ function encodeSegment(dv: DataView, o: number, s: Segment): void {
   dv.setUint32(o + 8, s.limit >>> 0, true);
   dv.setUint16(o + 12, s.selector, true);
   const bytes = [s.type, s.present, s.dpl, s.db, s.s, s.l, s.g, s.avl, s.unusable];
-  bytes.forEach((v, i) => dv.setUint8(o + 14 + i, v));
+  bytes.forEach((v, i) => {
+    dv.setUint8(o + 14 + i, v);
+  });
 }
 
 export function decodeSregs(b: Uint8Array): Sregs {
@@ -111,13 +155,19 @@ export function decodeSregs(b: Uint8Array): Sregs {
 export function encodeSregs(r: Sregs): Uint8Array {
   const b = new Uint8Array(SREGS_SIZE);
   const dv = new DataView(b.buffer);
-  SEGS.forEach((n, i) => encodeSegment(dv, i * 24, r[n]));
+  SEGS.forEach((n, i) => {
+    encodeSegment(dv, i * 24, r[n]);
+  });
   dv.setBigUint64(192, r.gdt.base, true);
   dv.setUint16(200, r.gdt.limit, true);
   dv.setBigUint64(208, r.idt.base, true);
   dv.setUint16(216, r.idt.limit, true);
-  CRS.forEach((n, i) => dv.setBigUint64(224 + i * 8, BigInt.asUintN(64, r[n]), true));
-  r.interruptBitmap.forEach((v, i) => dv.setBigUint64(280 + i * 8, v, true));
+  CRS.forEach((n, i) => {
+    dv.setBigUint64(224 + i * 8, BigInt.asUintN(64, r[n]), true);
+  });
+  r.interruptBitmap.forEach((v, i) => {
+    dv.setBigUint64(280 + i * 8, v, true);
+  });
   return b;
 }
 
@@ -156,7 +206,8 @@ export function decodeFpu(b: Uint8Array): Fpu {
 export function encodeFpu(f: Fpu): Uint8Array {
   const b = new Uint8Array(FPU_SIZE);
   const dv = new DataView(b.buffer);
-  if (f.fpr.length !== 128 || f.xmm.length !== 256) throw new RangeError("fpu: fpr must be 128 bytes and xmm 256");
+  if (f.fpr.length !== 128 || f.xmm.length !== 256)
+    throw new RangeError("fpu: fpr must be 128 bytes and xmm 256");
   b.set(f.fpr, 0);
   dv.setUint16(128, f.fcw, true);
   dv.setUint16(130, f.fsw, true);
@@ -241,7 +292,8 @@ export function encodeMsrs(entries: readonly MsrEntry[]): Uint8Array {
 export function decodeMsrs(b: Uint8Array, count: number): MsrEntry[] {
   const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
   const out: MsrEntry[] = [];
-  for (let i = 0; i < count; i++) out.push({ index: dv.getUint32(8 + i * 16, true), data: dv.getBigUint64(16 + i * 16, true) });
+  for (let i = 0; i < count; i++)
+    out.push({ index: dv.getUint32(8 + i * 16, true), data: dv.getBigUint64(16 + i * 16, true) });
   return out;
 }
 

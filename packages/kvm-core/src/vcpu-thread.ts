@@ -26,7 +26,9 @@ export interface VcpuWorkerContext<D = unknown> {
  * The shape of a handler module: `export function createExitHandler(ctx)`.
  * It runs in the worker, so it must be a JavaScript module the worker can import.
  */
-export type ExitHandlerFactory<D = unknown> = (ctx: VcpuWorkerContext<D>) => ExitHandler | Promise<ExitHandler>;
+export type ExitHandlerFactory<D = unknown> = (
+  ctx: VcpuWorkerContext<D>,
+) => ExitHandler | Promise<ExitHandler>;
 
 export interface VcpuThreadOptions<D = unknown> {
   vcpu: Vcpu;
@@ -80,7 +82,9 @@ export class VcpuThread {
   static async start<D>(options: VcpuThreadOptions<D>): Promise<VcpuThread> {
     const control = new Int32Array(new SharedArrayBuffer(16));
     const handlerModule =
-      options.handlerModule instanceof URL ? options.handlerModule.href : new URL(options.handlerModule, "file:///").href;
+      options.handlerModule instanceof URL
+        ? options.handlerModule.href
+        : new URL(options.handlerModule, "file:///").href;
     const workerData: VcpuWorkerData = {
       vcpu: options.vcpu.describe(),
       memory: options.memory.describe(),
@@ -97,19 +101,30 @@ export class VcpuThread {
     });
     const exited = new Promise<VcpuThreadResult>((resolve) => {
       let result: VcpuThreadResult | undefined;
-      worker.on("message", (m: { type: string; result?: VcpuThreadResult; message?: unknown; error?: string }) => {
-        if (m.type === "ready") ready();
-        else if (m.type === "failed") failed(new Error(`vCPU ${options.vcpu.id} handler failed to start: ${m.error}`));
-        else if (m.type === "result") result = m.result;
-        else if (m.type === "message") options.onMessage?.(m.message);
-      });
+      worker.on(
+        "message",
+        (m: { type: string; result?: VcpuThreadResult; message?: unknown; error?: string }) => {
+          if (m.type === "ready") ready();
+          else if (m.type === "failed")
+            failed(new Error(`vCPU ${options.vcpu.id} handler failed to start: ${m.error}`));
+          else if (m.type === "result") result = m.result;
+          else if (m.type === "message") options.onMessage?.(m.message);
+        },
+      );
       worker.on("error", (e) => {
         result ??= { vcpuId: options.vcpu.id, reason: "error", error: e.message, exits: 0 };
         failed(e);
       });
       worker.on("exit", () => {
         failed(new Error(`vCPU ${options.vcpu.id} worker exited before it started`));
-        resolve(result ?? { vcpuId: options.vcpu.id, reason: "error", error: "worker exited without a result", exits: 0 });
+        resolve(
+          result ?? {
+            vcpuId: options.vcpu.id,
+            reason: "error",
+            error: "worker exited without a result",
+            exits: 0,
+          },
+        );
       });
     });
     await started;

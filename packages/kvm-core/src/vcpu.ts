@@ -86,7 +86,9 @@ export class Vcpu {
 
   #runBytes(): Uint8Array {
     if (!this.#run) {
-      this.#run = new Uint8Array(sys("kvm_run view", () => native().mappingView(this.runMappingId, 0, this.runSize)));
+      this.#run = new Uint8Array(
+        sys("kvm_run view", () => native().mappingView(this.runMappingId, 0, this.runSize)),
+      );
       this.#runDv = new DataView(this.#run.buffer);
     }
     return this.#run;
@@ -140,7 +142,11 @@ export class Vcpu {
     const b = encodeMsrs(indices.map((index) => ({ index, data: 0n })));
     const n = sys("KVM_GET_MSRS", () => native().ioctl(this.fd, Ioctl.KVM_GET_MSRS, b));
     if (n !== indices.length)
-      throw new KvmError("KVM_GET_MSRS", 0, `MSR 0x${indices[n]?.toString(16)} could not be read (${n} of ${indices.length})`);
+      throw new KvmError(
+        "KVM_GET_MSRS",
+        0,
+        `MSR 0x${indices[n]?.toString(16)} could not be read (${n} of ${indices.length})`,
+      );
     return decodeMsrs(b, n);
   }
 
@@ -148,7 +154,11 @@ export class Vcpu {
   setMsrs(entries: readonly MsrEntry[]): void {
     const n = sys("KVM_SET_MSRS", () => native().ioctl(this.fd, Ioctl.KVM_SET_MSRS, encodeMsrs(entries)));
     if (n !== entries.length)
-      throw new KvmError("KVM_SET_MSRS", 0, `MSR 0x${entries[n]?.index.toString(16)} was refused (${n} of ${entries.length} set)`);
+      throw new KvmError(
+        "KVM_SET_MSRS",
+        0,
+        `MSR 0x${entries[n]?.index.toString(16)} was refused (${n} of ${entries.length} set)`,
+      );
   }
 
   setCpuid(entries: readonly CpuidEntry[]): void {

@@ -4,8 +4,8 @@ import {
   Ioctl,
   IoeventfdFlag,
   IrqChip,
-  IrqRoutingType,
   IrqfdFlag,
+  IrqRoutingType,
   MAP_SHARED,
   MemFlag,
   PitFlag,
@@ -46,7 +46,11 @@ export interface MsiMessage {
   data: number;
 }
 
-const CHIPS = { "pic-master": IrqChip.PIC_MASTER, "pic-slave": IrqChip.PIC_SLAVE, ioapic: IrqChip.IOAPIC } as const;
+const CHIPS = {
+  "pic-master": IrqChip.PIC_MASTER,
+  "pic-slave": IrqChip.PIC_SLAVE,
+  ioapic: IrqChip.IOAPIC,
+} as const;
 
 /** A virtual machine (kvm-ioctls' `VmFd`): memory, interrupt controllers, eventfds, vCPUs. */
 export class Vm {
@@ -88,7 +92,8 @@ export class Vm {
     this.fd;
     const region = GuestRegion.allocate(guestAddress, size, options.readOnly ?? false);
     const slot = this.#regions.reduce((m, r) => Math.max(m, r.slot + 1), 0);
-    const flags = (options.readOnly ? MemFlag.READONLY : 0) | (options.logDirty ? MemFlag.LOG_DIRTY_PAGES : 0);
+    const flags =
+      (options.readOnly ? MemFlag.READONLY : 0) | (options.logDirty ? MemFlag.LOG_DIRTY_PAGES : 0);
     const b = new Uint8Array(32);
     const dv = new DataView(b.buffer);
     dv.setUint32(0, slot, true);
@@ -119,7 +124,9 @@ export class Vm {
     const bitmap = new Uint8Array(Math.ceil(pages / 64) * 8);
     const st = new Uint8Array(16);
     new DataView(st.buffer).setUint32(0, r.slot, true);
-    sys("KVM_GET_DIRTY_LOG", () => native().ioctlWithPointer(this.fd, Ioctl.KVM_GET_DIRTY_LOG, st, 8, bitmap));
+    sys("KVM_GET_DIRTY_LOG", () =>
+      native().ioctlWithPointer(this.fd, Ioctl.KVM_GET_DIRTY_LOG, st, 8, bitmap),
+    );
     return bitmap;
   }
 
