@@ -1,1 +1,13 @@
-export {};
+export * from "./chain.js";
+export * from "./constants.js";
+export * from "./core.js";
+export * from "./device.js";
+export * from "./driver/simulator.js";
+export * from "./driver/transport.js";
+export * from "./errors.js";
+export * from "./interrupts.js";
+export * from "./memory.js";
+export * from "./mmio.js";
+export * from "./pci.js";
+export * from "./queue.js";
+export { GuestRange } from "./ring.js";
