@@ -1,1 +1,13 @@
-export {};
+export { groupHelp, main } from "./cli.js";
+export {
+  type Command,
+  type CommandGroup,
+  type CommandNode,
+  type Io,
+  type OptionSpecs,
+  type ParsedCommandArgs,
+  parseCommandArgs,
+  UsageError,
+} from "./command.js";
+export { rootCommand } from "./commands/index.js";
+export { ExitCode } from "./exit-codes.js";

@@ -24,7 +24,11 @@ function pad4(n: number): number {
 
 function normalise(path: string): string {
   const p = path.replace(/^\/+/, "").replace(/\/+$/, "");
-  if (p === "" || p.split("/").some((part) => part === ".." || part === "")) {
+  if (
+    p === "" ||
+    p === TRAILER ||
+    p.split("/").some((part) => part === ".." || part === "." || part === "")
+  ) {
     throw new Error(`cpio: bad member path ${JSON.stringify(path)}`);
   }
   return p;
@@ -55,7 +59,8 @@ export function writeCpioNewc(entries: readonly CpioEntry[]): Buffer {
       hex8(nameBytes.length) +
       hex8(0); // check
     chunks.push(Buffer.from(header, "ascii"), nameBytes, Buffer.alloc(pad4(110 + nameBytes.length)));
-    if (data.length > 0) chunks.push(Buffer.from(data.buffer, data.byteOffset, data.length), Buffer.alloc(pad4(data.length)));
+    if (data.length > 0)
+      chunks.push(Buffer.from(data.buffer, data.byteOffset, data.length), Buffer.alloc(pad4(data.length)));
   };
   for (const e of entries) {
     const name = normalise(e.path);

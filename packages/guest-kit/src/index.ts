@@ -1,9 +1,46 @@
+export {
+  buildGuestKit,
+  busyboxApplets,
+  DEFAULT_GUEST_MODULES,
+  GUEST_BUSYBOX_PACKAGE,
+  GUEST_KERNEL_PACKAGE,
+  GUEST_KIT_BUILDER_VERSION,
+  type GuestKit,
+  type GuestKitOptions,
+  initramfsEntries,
+} from "./build.js";
 export { type CpioEntry, type CpioMember, readCpioNewc, writeCpioNewc, writeInitramfs } from "./cpio.js";
 export {
-  type DebianPackage,
   DebianFetchError,
+  type DebianPackage,
   defaultCacheDir,
+  downloadDebianPackage,
   fetchDebianPackage,
+  formatBytes,
   hasApt,
   resolveDebianPackage,
+  unpackDebianPackage,
 } from "./debian.js";
+export {
+  GUEST_BEGIN_MARKER,
+  GUEST_CMD_PARAM,
+  GUEST_CMD64_PARAM,
+  GUEST_STATUS_MARKER,
+  type GuestCommandResult,
+  guestCommandParam,
+  INIT_SCRIPT_PATH,
+  initScript,
+  parseGuestCommandOutput,
+} from "./init.js";
+export {
+  formatModulesDep,
+  KernelModuleTree,
+  type ModuleInfo,
+  modinfoOfImage,
+  moduleName,
+  parseModinfo,
+  parseModulesDep,
+  readModinfo,
+  readModuleImage,
+  resolveModuleOrder,
+} from "./modules.js";
