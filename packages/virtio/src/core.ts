@@ -349,9 +349,8 @@ export class VirtioTransportCore {
   reset(): void {
     this.#epoch++;
     this.device.reset();
-    for (let i = 0; i < this.queues.length; i++) {
-      const q = this.queues[i]!;
-      if (q.ready) this.#link.queueDisabled(i);
+    const wasReady = this.queues.map((q) => q.ready);
+    for (const q of this.queues) {
       q.size = q.maxSize;
       q.ready = false;
       q.descLo = q.descHi = q.driverLo = q.driverHi = q.deviceLo = q.deviceHi = 0;
@@ -367,6 +366,9 @@ export class VirtioTransportCore {
     this.configVector = NO_VECTOR;
     this.lastRejection = undefined;
     Atomics.store(this.interruptStatus, 0, 0);
+    wasReady.forEach((ready, i) => {
+      if (ready) this.#link.queueDisabled(i);
+    });
     this.#link.reset();
   }
 }

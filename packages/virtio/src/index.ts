@@ -9,5 +9,6 @@ export * from "./interrupts.js";
 export * from "./memory.js";
 export * from "./mmio.js";
 export * from "./pci.js";
+export * from "./process.js";
 export * from "./queue.js";
 export { GuestRange } from "./ring.js";
