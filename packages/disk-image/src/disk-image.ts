@@ -1,0 +1,192 @@
+import { DiskImageError } from "./errors.js";
+import { totalLength } from "./io.js";
+
+export type DiskImageFormat = "raw" | "qcow2";
+
+export interface WriteZeroesOptions {
+  /**
+   * The range may be deallocated (a hole in a raw file, an unallocated/zero
+   * cluster in qcow2) rather than zeros written or preallocated. Default false.
+   */
+  mayUnmap?: boolean;
+}
+
+/**
+ * A virtual disk of `size` bytes. All I/O methods are **synchronous**: the
+ * virtio-blk device calls them from its own I/O worker thread, one request at a
+ * time, with buffers that are views of guest memory (no copies are made).
+ *
+ * Offsets and lengths are byte counts. Every one is validated before anything
+ * happens: negative, non-integer, or beyond `size` → `DiskImageError` with code
+ * `RANGE` and nothing read or written. Writes to a read-only image → `READ_ONLY`;
+ * any call after `close()` → `CLOSED`.
+ */
+export interface DiskImage {
+  readonly format: DiskImageFormat;
+  /** The file this image reads and writes (the overlay's base for a snapshot disk). */
+  readonly path: string;
+  /** Virtual disk size in bytes. */
+  readonly size: number;
+  /** Logical sector size the guest should see: always 512. */
+  readonly sectorSize: number;
+  readonly readOnly: boolean;
+  /** discard() may free space (it is always accepted; it is advisory). */
+  readonly supportsDiscard: boolean;
+  /** writeZeroes() is efficient (deallocates or uses a zero flag) rather than writing zero bytes. */
+  readonly supportsWriteZeroes: boolean;
+  /** Discards smaller than this, or not aligned to it, may free nothing. */
+  readonly discardGranularity: number;
+  /**
+   * Requests aligned to this (offset, lengths, buffers) are fastest; others are
+   * still correct. 1 for buffered I/O; the O_DIRECT block size with `direct`.
+   */
+  readonly requestAlignment: number;
+  readonly closed: boolean;
+
+  /** Fills `buffers` (in order) with the bytes at `offset`. */
+  readv(offset: number, buffers: readonly Uint8Array[]): void;
+  /** Writes `buffers` (in order) at `offset`. */
+  writev(offset: number, buffers: readonly Uint8Array[]): void;
+  read(offset: number, buffer: Uint8Array): void;
+  write(offset: number, buffer: Uint8Array): void;
+  /**
+   * Makes every write completed before the call durable (fdatasync of the data,
+   * then of the metadata that points at it).
+   */
+  flush(): void;
+  /**
+   * Hints that a range is no longer needed. Afterwards the range reads as zeros,
+   * as its old contents, or (for an overlay) as the backing file's contents;
+   * use writeZeroes() when zeros are required.
+   */
+  discard(offset: number, length: number): void;
+  /** Makes a range read as zeros. */
+  writeZeroes(offset: number, length: number, options?: WriteZeroesOptions): void;
+  /** Flushes (if writable) and releases the file(s) and locks. Idempotent. */
+  close(): void;
+}
+
+/** Validates `(offset, length)` against a disk of `size` bytes. */
+export function checkRange(size: number, offset: number, length: number, path: string, what: string): void {
+  if (!Number.isSafeInteger(offset) || offset < 0)
+    throw new DiskImageError("RANGE", `${what}: offset ${String(offset)} is not a non-negative integer`, {
+      path,
+    });
+  if (!Number.isSafeInteger(length) || length < 0)
+    throw new DiskImageError("RANGE", `${what}: length ${String(length)} is not a non-negative integer`, {
+      path,
+    });
+  if (offset > size || length > size - offset)
+    throw new DiskImageError(
+      "RANGE",
+      `${what}: range [${offset}, ${offset + length}) is beyond the end of the disk (${size} bytes)`,
+      { path },
+    );
+}
+
+function checkBuffers(buffers: readonly Uint8Array[], path: string, what: string): void {
+  if (!Array.isArray(buffers))
+    throw new DiskImageError("INVALID", `${what}: buffers must be an array of Uint8Array`, { path });
+  for (const b of buffers) {
+    if (!(b instanceof Uint8Array))
+      throw new DiskImageError("INVALID", `${what}: every buffer must be a Uint8Array`, { path });
+  }
+}
+
+/**
+ * Validation, closed/read-only checks and the single-buffer helpers, shared by
+ * every backend. Subclasses implement the `do*` methods, which only ever see
+ * valid, non-empty ranges.
+ */
+export abstract class DiskImageBase implements DiskImage {
+  abstract readonly format: DiskImageFormat;
+  readonly sectorSize = 512;
+  private isClosed = false;
+
+  constructor(
+    readonly path: string,
+    readonly size: number,
+    readonly readOnly: boolean,
+  ) {}
+
+  abstract get supportsDiscard(): boolean;
+  abstract get supportsWriteZeroes(): boolean;
+  abstract get discardGranularity(): number;
+  get requestAlignment(): number {
+    return 1;
+  }
+
+  get closed(): boolean {
+    return this.isClosed;
+  }
+
+  protected abstract doReadv(offset: number, buffers: readonly Uint8Array[], length: number): void;
+  protected abstract doWritev(offset: number, buffers: readonly Uint8Array[], length: number): void;
+  protected abstract doFlush(): void;
+  protected abstract doDiscard(offset: number, length: number): void;
+  protected abstract doWriteZeroes(offset: number, length: number, mayUnmap: boolean): void;
+  protected abstract doClose(): void;
+
+  protected checkOpen(what: string): void {
+    if (this.isClosed) throw new DiskImageError("CLOSED", `${what} after close()`, { path: this.path });
+  }
+
+  protected checkWritable(what: string): void {
+    this.checkOpen(what);
+    if (this.readOnly)
+      throw new DiskImageError("READ_ONLY", `${what}: the image is open read-only`, {
+        path: this.path,
+        hint: "open it without { readOnly: true }, or with { snapshot: true } to write to a throwaway overlay.",
+      });
+  }
+
+  readv(offset: number, buffers: readonly Uint8Array[]): void {
+    this.checkOpen("readv");
+    checkBuffers(buffers, this.path, "readv");
+    const length = totalLength(buffers);
+    checkRange(this.size, offset, length, this.path, "readv");
+    if (length > 0) this.doReadv(offset, buffers, length);
+  }
+
+  writev(offset: number, buffers: readonly Uint8Array[]): void {
+    this.checkWritable("writev");
+    checkBuffers(buffers, this.path, "writev");
+    const length = totalLength(buffers);
+    checkRange(this.size, offset, length, this.path, "writev");
+    if (length > 0) this.doWritev(offset, buffers, length);
+  }
+
+  read(offset: number, buffer: Uint8Array): void {
+    this.readv(offset, [buffer]);
+  }
+
+  write(offset: number, buffer: Uint8Array): void {
+    this.writev(offset, [buffer]);
+  }
+
+  flush(): void {
+    this.checkOpen("flush");
+    if (!this.readOnly) this.doFlush();
+  }
+
+  discard(offset: number, length: number): void {
+    this.checkWritable("discard");
+    checkRange(this.size, offset, length, this.path, "discard");
+    if (length > 0) this.doDiscard(offset, length);
+  }
+
+  writeZeroes(offset: number, length: number, options: WriteZeroesOptions = {}): void {
+    this.checkWritable("writeZeroes");
+    checkRange(this.size, offset, length, this.path, "writeZeroes");
+    if (length > 0) this.doWriteZeroes(offset, length, options.mayUnmap === true);
+  }
+
+  close(): void {
+    if (this.isClosed) return;
+    try {
+      this.doClose();
+    } finally {
+      this.isClosed = true;
+    }
+  }
+}

@@ -1,0 +1,49 @@
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { DiskImageError } from "./errors.js";
+
+/** ABI numbers the addon reads from the C headers it was built against. */
+export interface NativeConstants {
+  FALLOC_FL_KEEP_SIZE: number;
+  FALLOC_FL_PUNCH_HOLE: number;
+  FALLOC_FL_ZERO_RANGE: number;
+  F_OFD_GETLK: number;
+  F_OFD_SETLK: number;
+  F_RDLCK: number;
+  F_WRLCK: number;
+  F_UNLCK: number;
+}
+
+/** The C++ addon: fallocate(2) and fcntl(2) OFD locks only. Every policy is in TypeScript. */
+export interface NativeBinding {
+  fallocate(fd: number, mode: number, offset: number, length: number): void;
+  /** Returns the `l_type` the kernel left in the struct (F_UNLCK from F_OFD_GETLK: no conflict). */
+  ofdLock(fd: number, cmd: number, type: number, start: number, length: number): number;
+  constants: NativeConstants;
+}
+
+const require = createRequire(import.meta.url);
+const packageRoot = join(dirname(fileURLToPath(import.meta.url)), "..");
+
+let binding: NativeBinding | undefined;
+
+/** Loads the addon once per thread (node-gyp-build also finds prebuilt binaries). */
+export function native(): NativeBinding {
+  if (!binding) {
+    try {
+      const load = require("node-gyp-build") as (dir: string) => NativeBinding;
+      binding = load(packageRoot);
+    } catch (e) {
+      throw new DiskImageError(
+        "UNSUPPORTED",
+        "the disk-image native helper (fallocate, file locks) is not built",
+        {
+          hint: "run `pnpm install` or `pnpm --filter @tskvm/disk-image build` (needs a C++ compiler, make and python3).",
+          cause: e,
+        },
+      );
+    }
+  }
+  return binding;
+}
