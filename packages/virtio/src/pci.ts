@@ -381,7 +381,7 @@ export class VirtioPciTransport {
     const bar = this.#bars.find((b) => b.index === index);
     if (!bar) return 0;
     const o = PciConfig.BAR0 + 4 * index;
-    const lo = this.#cfgView.getUint32(o, true) & 0xffff_fff0;
+    const lo = (this.#cfgView.getUint32(o, true) & 0xffff_fff0) >>> 0;
     const hi = bar.is64 ? this.#cfgView.getUint32(o + 4, true) : 0;
     return hi * 0x1_0000_0000 + lo;
   }
@@ -460,7 +460,10 @@ export class VirtioPciTransport {
     const off = this.#cfgView.getUint32(c + 8, true);
     const len = this.#cfgView.getUint32(c + 12, true);
     const window = this.#cfg.subarray(c + 16, c + 20);
-    if ((len !== 1 && len !== 2 && len !== 4) || off % len !== 0) return;
+    if ((len !== 1 && len !== 2 && len !== 4) || off % len !== 0) {
+      if (!write) window.fill(0);
+      return;
+    }
     if (write) this.writeBar(bar, off, window.slice(0, len));
     else {
       const tmp = new Uint8Array(len);

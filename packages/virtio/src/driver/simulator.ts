@@ -160,6 +160,12 @@ export class SimQueue {
   #lastUsed = 0;
   #kickedAt = 0;
   readonly #outstanding = new Map<number, Outstanding>();
+  /**
+   * With EVENT_IDX, {@link pollUsed} sets used_event to the new position, asking
+   * for an interrupt on the next used buffer (what an interrupt-driven Linux
+   * driver does). Turn off to drive used_event by hand.
+   */
+  autoUsedEvent = true;
 
   constructor(
     host: SimQueueHost,
@@ -327,6 +333,7 @@ export class SimQueue {
       }
       out.push({ id, len, written });
     }
+    if (this.#host.eventIdx && this.autoUsedEvent) this.setUsedEvent(this.#lastUsed);
     return out;
   }
 

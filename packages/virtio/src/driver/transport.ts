@@ -144,9 +144,9 @@ export function parseVirtioPciCapabilities(
         capOffset: pos,
         tableSize: (read(pos + 2, 2) & 0x7ff) + 1,
         tableBar: table & 7,
-        tableOffset: table & ~7,
+        tableOffset: (table & ~7) >>> 0,
         pbaBar: pba & 7,
-        pbaOffset: pba & ~7,
+        pbaOffset: (pba & ~7) >>> 0,
       };
     }
     pos = read(pos + 1, 1);
@@ -211,7 +211,7 @@ export class PciDriverTransport implements DriverTransport {
       this.cfgWrite(o, 4, lo);
       if (mask !== 0) {
         const size = (~mask >>> 0) + 1;
-        let address = hi * 0x1_0000_0000 + (lo & 0xffff_fff0);
+        let address = hi * 0x1_0000_0000 + ((lo & 0xffff_fff0) >>> 0);
         if (address === 0) {
           address = Math.ceil(next / size) * size;
           next = address + size;
