@@ -1,0 +1,509 @@
+// An x86-64 machine that boots a bzImage: memory, boot structures, irqchip, vCPU
+// workers, shared legacy devices, and the bookkeeping of how the guest ended.
+
+import { existsSync, readFileSync } from "node:fs";
+import { Readable, Writable } from "node:stream";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import { EventFd, Kvm, type Vcpu, VcpuThread, type VcpuThreadResult, type Vm } from "@tskvm/kvm-core";
+import { checkAcceleration } from "./accel.js";
+import { buildCpuid, findCpuid } from "./arch/cpuid.js";
+import { setupVcpu } from "./arch/vcpu-setup.js";
+import {
+  buildBootParams,
+  encodeCmdline,
+  type InitrdPlacement,
+  kernelEnd,
+  placeInitrd,
+} from "./boot/boot-params.js";
+import { type BzImage, parseBzImage, STARTUP_64_OFFSET } from "./boot/bzimage.js";
+import { buildCmdline } from "./boot/cmdline.js";
+import { buildE820 } from "./boot/e820.js";
+import {
+  Addr,
+  KVM_IDENTITY_MAP_ADDRESS,
+  KVM_TSS_ADDRESS,
+  MiB,
+  PCI_HOLE_START,
+  ramRanges,
+} from "./boot/layout.js";
+import { bootRegs, buildGdt, longModeSregs } from "./boot/long-mode.js";
+import { buildMpTable, MP_MAX_CPUS } from "./boot/mptable.js";
+import { buildIdentityPageTables } from "./boot/page-tables.js";
+import { ConsoleWatch } from "./console.js";
+import { allHalted, Ctl, controlBlock, HaltStatus, type WorkerMessage } from "./control.js";
+import { Cmos } from "./devices/cmos.js";
+import { I8042, I8042_AUX_IRQ, I8042_KBD_IRQ } from "./devices/i8042.js";
+import { PciBus, type PciDeviceInfo, type PciDeviceSpec } from "./devices/pci.js";
+import { COM1, Serial } from "./devices/serial.js";
+import { ByteRing } from "./devices/shared.js";
+import type { VcpuHandlerData } from "./vcpu-handler.js";
+
+export interface MachineOptions {
+  /** A bzImage: a path or its bytes. */
+  kernel: string | Uint8Array;
+  /** An initramfs: a path or its bytes. */
+  initrd?: string | Uint8Array;
+  /** Kernel parameters, appended to the defaults ({@link DEFAULT_CMDLINE}). */
+  cmdline?: string;
+  /** Prepend the default parameters (default true). */
+  defaultCmdline?: boolean;
+  /** RAM in MiB (default 256). */
+  memMiB?: number;
+  /** vCPUs (default 1). */
+  cpus?: number;
+  /** Run even when KVM only emulates guest code (PVM); fine for hand-made guests, hopeless for Linux. */
+  allowEmulated?: boolean;
+  /** How often to look for all vCPUs halted with interrupts off (the end of a `poweroff`), in ms. Default 250. */
+  haltProbeMs?: number;
+  /** PCI devices to put on bus 0 (more can be added with `machine.pci` before start). */
+  devices?: readonly MachinePciDevice[];
+}
+
+/** A PCI device plus an optional hook run in the main thread once the VM exists, before any vCPU runs. */
+export interface MachinePciDevice extends PciDeviceSpec {
+  attach?: (vm: Vm, info: PciDeviceInfo) => void;
+}
+
+export type MachineExitReason = "poweroff" | "reboot" | "triple-fault" | "crash" | "stopped" | "error";
+
+export interface MachineExit {
+  reason: MachineExitReason;
+  /** What ended it, e.g. "i8042 reset (command 0xfe to port 0x64)" or the kernel's panic line. */
+  detail?: string;
+  /** VM exits each vCPU handled. */
+  vcpus: { id: number; exits: number }[];
+  /** Ports and MMIO addresses the guest touched that nothing answers (first few). */
+  unhandledIo: string[];
+}
+
+export interface MachineConsole {
+  /** Everything the guest writes to the serial port (COM1). Buffered without limit if nobody reads. */
+  output: Readable;
+  /** Bytes for the guest's serial port; a write completes once the bytes are in the UART's FIFO. */
+  input: Writable;
+}
+
+/** Where things went in guest memory (known once the machine is created). */
+export interface BootLayout {
+  kernelAddress: number;
+  entry: number;
+  bootParams: number;
+  cmdline: string;
+  cmdlineAddress: number;
+  initrd: InitrdPlacement | undefined;
+  /** End of the memory the kernel may use while it decompresses. */
+  kernelEnd: number;
+  mpTable: number;
+  pageTables: number;
+}
+
+const DEFAULT_MEM_MIB = 256;
+const DEFAULT_HALT_PROBE_MS = 250;
+/** Consecutive halt-probe rounds that must see every vCPU halted with IF=0. */
+const HALT_ROUNDS = 2;
+const TX_RING_BYTES = 1 << 16;
+
+function load(what: string, v: string | Uint8Array): Uint8Array {
+  if (typeof v !== "string") return v;
+  try {
+    return readFileSync(v);
+  } catch (e) {
+    throw new Error(`cannot read the ${what} ${v}: ${(e as Error).message}`);
+  }
+}
+
+/** The compiled handler module; from the sources (tests) fall back to the build in dist/. */
+function handlerModuleUrl(): URL {
+  const here = new URL("./vcpu-handler.js", import.meta.url);
+  if (existsSync(fileURLToPath(here))) return here;
+  const built = new URL("../dist/vcpu-handler.js", import.meta.url);
+  if (existsSync(fileURLToPath(built))) return built;
+  throw new Error("@tskvm/machine-x86 is not built: run `npx tsc -p tsconfig.json` in packages/machine-x86");
+}
+
+function moduleHref(m: string | URL): string {
+  if (m instanceof URL) return m.href;
+  return /^[a-z]+:/i.test(m) ? m : pathToFileURL(m).href;
+}
+
+/**
+ * Creates (but does not start) a machine: reads and checks the kernel, lays out
+ * memory, and refuses when KVM only emulates guest code unless `allowEmulated`.
+ */
+export function createMachine(options: MachineOptions): Machine {
+  return new Machine(options);
+}
+
+export class Machine {
+  readonly cpus: number;
+  readonly memMiB: number;
+  readonly kernel: BzImage;
+  readonly layout: BootLayout;
+  readonly pci = new PciBus();
+  readonly console: MachineConsole;
+  readonly exited: Promise<MachineExit>;
+
+  readonly #options: MachineOptions;
+  readonly #initrd: Uint8Array | undefined;
+  readonly #cmdlineBytes: Uint8Array;
+  readonly #attach: { attach: NonNullable<MachinePciDevice["attach"]>; info: PciDeviceInfo }[] = [];
+  readonly #control: Int32Array;
+  readonly #tx = ByteRing.create(TX_RING_BYTES);
+  readonly #serialState = Serial.createState();
+  readonly #i8042State = I8042.createState();
+  readonly #cmosState = Cmos.createState();
+  readonly #watch = new ConsoleWatch();
+  readonly #unhandled: string[] = [];
+  readonly #input: { bytes: Uint8Array; done: (e?: Error | null) => void }[] = [];
+  #resolveExit!: (e: MachineExit) => void;
+  #state: "created" | "starting" | "running" | "ending" | "ended" = "created";
+  #kvm: Kvm | undefined;
+  #vm: Vm | undefined;
+  #threads: VcpuThread[] = [];
+  #results: VcpuThreadResult[] = [];
+  #eventFds: EventFd[] = [];
+  #serial: Serial | undefined;
+  #probeTimer: NodeJS.Timeout | undefined;
+  #inputTimer: NodeJS.Timeout | undefined;
+  #haltRounds = 0;
+  #vcpus: Vcpu[] = [];
+  #handlerData: VcpuHandlerData | undefined;
+  #ending: Promise<MachineExit> | undefined;
+
+  constructor(options: MachineOptions) {
+    this.#options = options;
+    const cpus = options.cpus ?? 1;
+    const memMiB = options.memMiB ?? DEFAULT_MEM_MIB;
+    if (!Number.isInteger(cpus) || cpus < 1 || cpus > MP_MAX_CPUS)
+      throw new RangeError(`cpus must be 1-${MP_MAX_CPUS}, not ${cpus}`);
+    if (!Number.isInteger(memMiB) || memMiB < 2 || memMiB > 1024 * 1024)
+      throw new RangeError(`memMiB must be a whole number of MiB from 2, not ${memMiB}`);
+    this.cpus = cpus;
+    this.memMiB = memMiB;
+    checkAcceleration(options.allowEmulated ?? false);
+
+    this.kernel = parseBzImage(load("kernel", options.kernel));
+    this.#initrd = options.initrd === undefined ? undefined : load("initrd", options.initrd);
+    const cmdline = buildCmdline(options.cmdline, options.defaultCmdline ?? true);
+    this.#cmdlineBytes = encodeCmdline(cmdline, this.kernel);
+    const memBytes = memMiB * MiB;
+    const end = kernelEnd(this.kernel, Addr.KERNEL);
+    const ramTop = Math.min(memBytes, PCI_HOLE_START);
+    if (end > ramTop)
+      throw new Error(
+        `not enough memory: the kernel needs memory up to 0x${end.toString(16)} (init_size ${Math.ceil(this.kernel.initSize / MiB)} MiB); give the machine at least ${Math.ceil(end / MiB) + 16} MiB`,
+      );
+    const initrd = this.#initrd ? placeInitrd(this.kernel, memBytes, this.#initrd.length, end) : undefined;
+    this.layout = {
+      kernelAddress: Addr.KERNEL,
+      entry: Addr.KERNEL + STARTUP_64_OFFSET,
+      bootParams: Addr.ZERO_PAGE,
+      cmdline,
+      cmdlineAddress: Addr.CMDLINE,
+      initrd,
+      kernelEnd: end,
+      mpTable: 0,
+      pageTables: Addr.PAGE_TABLES,
+    };
+    for (const dev of options.devices ?? []) {
+      const info = this.pci.register(dev);
+      if (dev.attach) this.#attach.push({ attach: dev.attach, info });
+    }
+    this.#control = controlBlock(cpus);
+
+    this.exited = new Promise((resolve) => {
+      this.#resolveExit = resolve;
+    });
+    this.console = {
+      output: new Readable({ read() {} }),
+      input: new Writable({
+        write: (chunk: Buffer, _enc, done) => {
+          this.#input.push({ bytes: new Uint8Array(chunk), done });
+          this.#pumpInput();
+        },
+      }),
+    };
+  }
+
+  /** Builds the VM and starts one worker per vCPU; resolves once they all run. */
+  async start(): Promise<void> {
+    if (this.#state !== "created")
+      throw new Error(`the machine was already ${this.#state === "ended" ? "run" : "started"}`);
+    this.#state = "starting";
+    try {
+      this.#build();
+      await this.#startThreads();
+    } catch (e) {
+      this.#state = "ending";
+      await this.#teardown({ reason: "error", detail: (e as Error).message });
+      throw e;
+    }
+    if (this.#state !== "starting") return; // it ended while starting
+    this.#state = "running";
+    this.#pumpInput();
+    const ms = this.#options.haltProbeMs ?? DEFAULT_HALT_PROBE_MS;
+    this.#probeTimer = setInterval(() => this.#probeHalt(), ms);
+    this.#probeTimer.unref();
+  }
+
+  /** Stops the vCPUs (if running) and resolves with how the machine ended. */
+  async stop(): Promise<MachineExit> {
+    if (this.#state === "created") {
+      this.#state = "ending";
+      return this.#teardown({ reason: "stopped" });
+    }
+    return this.#end("stopped");
+  }
+
+  /** The KVM VM while the machine runs (for devices that register eventfds). */
+  get vm(): Vm | undefined {
+    return this.#vm;
+  }
+
+  #build(): void {
+    const kvm = Kvm.open();
+    this.#kvm = kvm;
+    const limits = kvm.vcpuLimits();
+    if (this.cpus > limits.max)
+      throw new RangeError(`${this.cpus} vCPUs: this host's KVM allows ${limits.max}`);
+    const vm = kvm.createVm();
+    this.#vm = vm;
+    // Both only matter on Intel (real-mode emulation needs a TSS and an identity map).
+    vm.setTssAddress(KVM_TSS_ADDRESS);
+    vm.setIdentityMapAddress(KVM_IDENTITY_MAP_ADDRESS);
+    vm.createIrqchip();
+    vm.createPit2({ speakerDummy: true });
+    const memBytes = this.memMiB * MiB;
+    for (const r of ramRanges(memBytes)) vm.addMemory({ guestAddress: r.address, size: r.size });
+    this.#loadGuest(vm, kvm);
+
+    // ISA interrupts through irqfds: any thread raises them with an eventfd write.
+    const serialIrq = EventFd.create();
+    const kbdIrq = EventFd.create();
+    const auxIrq = EventFd.create();
+    this.#eventFds.push(serialIrq, kbdIrq, auxIrq);
+    vm.registerIrqfd(serialIrq, COM1.irq);
+    vm.registerIrqfd(kbdIrq, I8042_KBD_IRQ);
+    vm.registerIrqfd(auxIrq, I8042_AUX_IRQ);
+    this.#serial = new Serial(this.#serialState, { interrupt: () => serialIrq.write(1), output: () => {} });
+    this.pci.seal();
+    for (const a of this.#attach) a.attach(vm, a.info);
+
+    const supported = kvm.supportedCpuid();
+    const msrs = kvm.msrIndexList();
+    for (let id = 0; id < this.cpus; id++) {
+      const vcpu = vm.createVcpu(id);
+      this.#vcpus.push(vcpu);
+      setupVcpu(vcpu, {
+        cpuid: buildCpuid(supported, { vcpuId: id, cpus: this.cpus }),
+        supportedMsrs: msrs,
+        entry:
+          id === 0
+            ? {
+                regs: bootRegs(this.layout.entry, this.layout.bootParams, Addr.BOOT_STACK),
+                sregs: (s) =>
+                  longModeSregs(s, { gdtAddress: Addr.GDT, idtAddress: Addr.IDT, cr3: Addr.PAGE_TABLES }),
+              }
+            : undefined,
+      });
+    }
+    this.#handlerData = {
+      cpus: this.cpus,
+      control: this.#control.buffer as SharedArrayBuffer,
+      serial: { port: COM1.port, state: this.#serialState, irqFd: serialIrq.fd, txRing: this.#tx.buffer },
+      i8042: { state: this.#i8042State, kbdIrqFd: kbdIrq.fd, auxIrqFd: auxIrq.fd },
+      cmos: this.#cmosState,
+      pci: {
+        state: this.pci.state,
+        devices: this.pci.devices.map(({ info, spec }) => ({
+          info,
+          handler: spec.handler
+            ? { module: moduleHref(spec.handler.module), data: spec.handler.data }
+            : undefined,
+        })),
+      },
+    };
+  }
+
+  /** Writes everything the kernel finds at boot: itself, boot_params, command line, initrd, tables. */
+  #loadGuest(vm: Vm, kvm: Kvm): void {
+    const mem = vm.memory;
+    const memBytes = this.memMiB * MiB;
+    mem.write(Addr.KERNEL, this.kernel.kernel);
+    if (this.#initrd && this.layout.initrd) mem.write(this.layout.initrd.address, this.#initrd);
+    mem.write(Addr.CMDLINE, this.#cmdlineBytes);
+    const zp = buildBootParams({
+      image: this.kernel,
+      loadAddress: Addr.KERNEL,
+      cmdlineAddress: Addr.CMDLINE,
+      e820: buildE820(memBytes),
+      initrd: this.layout.initrd,
+    });
+    mem.write(Addr.ZERO_PAGE, zp);
+    mem.write(Addr.GDT, buildGdt());
+    mem.write(Addr.PAGE_TABLES, buildIdentityPageTables(Addr.PAGE_TABLES).bytes);
+    // The BIOS data area words the kernel reads to find and reserve the EBDA.
+    mem.writeU16(Addr.BDA_EBDA_SEGMENT, Addr.EBDA >> 4);
+    mem.writeU16(Addr.BDA_BASE_MEMORY_KB, Addr.LOW_RAM_END >> 10);
+    const leaf1 = findCpuid(kvm.supportedCpuid(), 1);
+    const mp = buildMpTable({
+      cpus: this.cpus,
+      pciIrqs: this.pci.devices
+        .filter((d) => d.info.gsi !== undefined)
+        .map((d) => ({ slot: d.info.slot, pin: d.info.interruptPin, gsi: d.info.gsi! })),
+      cpuSignature: leaf1?.eax,
+      cpuFeatures: leaf1?.edx,
+    });
+    mem.write(mp.address, mp.bytes);
+    this.layout.mpTable = mp.address;
+  }
+
+  async #startThreads(): Promise<void> {
+    const vm = this.#vm!;
+    const handlerModule = handlerModuleUrl();
+    const started = await Promise.allSettled(
+      Array.from({ length: this.cpus }, (_, id) =>
+        VcpuThread.start<VcpuHandlerData>({
+          vcpu: this.#vcpu(id),
+          memory: vm.memory,
+          handlerModule,
+          data: this.#handlerData!,
+          onMessage: (m) => this.#onMessage(m as WorkerMessage),
+        }),
+      ),
+    );
+    for (const s of started) if (s.status === "fulfilled") this.#threads.push(s.value);
+    const failed = started.find((s) => s.status === "rejected");
+    if (failed) throw (failed as PromiseRejectedResult).reason;
+    for (const t of this.#threads) void t.exited.then((r) => this.#onThreadExit(r));
+  }
+
+  #vcpu(id: number): Vcpu {
+    const v = this.#vcpus[id];
+    if (!v) throw new Error(`vCPU ${id} was not created`);
+    return v;
+  }
+
+  #onMessage(m: WorkerMessage): void {
+    switch (m.type) {
+      case "tx":
+        Atomics.store(this.#control, Ctl.TX_NOTIFY, 0);
+        this.#drainOutput();
+        break;
+      case "rx":
+        this.#pumpInput();
+        break;
+      case "unhandled":
+        if (this.#unhandled.length < 64)
+          this.#unhandled.push(`${m.space} ${m.direction} 0x${m.address.toString(16)}/${m.size}`);
+        break;
+    }
+  }
+
+  #drainOutput(): void {
+    for (;;) {
+      const bytes = this.#tx.pop();
+      if (bytes.length === 0) return;
+      this.#watch.feed(bytes);
+      this.console.output.push(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+    }
+  }
+
+  #pumpInput(): void {
+    if (this.#state === "ending" || this.#state === "ended") {
+      for (const q of this.#input.splice(0)) q.done();
+      return;
+    }
+    if (this.#state !== "running" || !this.#serial) return;
+    while (this.#input.length) {
+      const head = this.#input[0]!;
+      const n = this.#serial.tryEnqueue(head.bytes);
+      if (n === undefined) {
+        this.#retryInput(1);
+        return;
+      }
+      head.bytes = head.bytes.subarray(n);
+      if (head.bytes.length > 0) {
+        // The FIFO is full; a worker says "rx" when the guest empties it, the timer is a backstop.
+        Atomics.store(this.#control, Ctl.INPUT_WAITING, 1);
+        this.#retryInput(50);
+        return;
+      }
+      this.#input.shift();
+      head.done();
+    }
+    Atomics.store(this.#control, Ctl.INPUT_WAITING, 0);
+  }
+
+  #retryInput(ms: number): void {
+    if (this.#inputTimer) return;
+    this.#inputTimer = setTimeout(() => {
+      this.#inputTimer = undefined;
+      this.#pumpInput();
+    }, ms);
+  }
+
+  /** Reads last round's answers, then kicks every vCPU so it answers again. */
+  #probeHalt(): void {
+    if (this.#state !== "running") return;
+    const statuses = Array.from({ length: this.cpus }, (_, i) =>
+      Atomics.load(this.#control, Ctl.HALT_BASE + i),
+    );
+    if (allHalted(statuses)) this.#haltRounds++;
+    else this.#haltRounds = 0;
+    if (this.#haltRounds >= HALT_ROUNDS) {
+      void this.#end("poweroff", "every vCPU halted with interrupts disabled");
+      return;
+    }
+    for (let i = 0; i < this.cpus; i++) Atomics.store(this.#control, Ctl.HALT_BASE + i, HaltStatus.UNKNOWN);
+    for (const t of this.#threads) t.kick();
+  }
+
+  #onThreadExit(r: VcpuThreadResult): void {
+    this.#results[r.vcpuId] = r;
+    if (r.reason === "handler")
+      void this.#end(r.stop as MachineExitReason, typeof r.detail === "string" ? r.detail : undefined);
+    else if (r.reason === "error") void this.#end("error", `vCPU ${r.vcpuId}: ${r.error}`);
+  }
+
+  /** Ends the run once, with the first reason that came in. */
+  #end(reason: MachineExitReason, detail?: string): Promise<MachineExit> {
+    if (this.#ending) return this.#ending;
+    if (this.#state === "ended") return this.exited;
+    this.#state = "ending";
+    this.#ending = this.#teardown({ reason, detail });
+    return this.#ending;
+  }
+
+  async #teardown(why: { reason: MachineExitReason; detail?: string | undefined }): Promise<MachineExit> {
+    Atomics.store(this.#control, Ctl.ENDING, 1);
+    if (this.#probeTimer) clearInterval(this.#probeTimer);
+    if (this.#inputTimer) clearTimeout(this.#inputTimer);
+    const results = await Promise.all(this.#threads.map((t) => t.stop()));
+    for (const r of results) this.#results[r.vcpuId] ??= r;
+    this.#drainOutput();
+    this.#watch.flush();
+    let { reason, detail } = why;
+    // panic=1 reboots a panicked kernel: say it crashed, with its last words.
+    if (reason === "reboot" && this.#watch.panicLine) {
+      reason = "crash";
+      detail = this.#watch.panicLine;
+    }
+    if (reason === "poweroff" && this.#watch.rebootLine)
+      detail = `${this.#watch.rebootLine} (${detail ?? "halted"})`;
+    for (const e of this.#eventFds) e.close();
+    this.#vm?.close();
+    this.#kvm?.close();
+    this.#state = "ended";
+    this.#pumpInput();
+    this.console.output.push(null);
+    const exit: MachineExit = {
+      reason,
+      ...(detail !== undefined ? { detail } : {}),
+      vcpus: this.#results.filter(Boolean).map((r) => ({ id: r.vcpuId, exits: r.exits })),
+      unhandledIo: [...this.#unhandled],
+    };
+    this.#resolveExit(exit);
+    return exit;
+  }
+}
