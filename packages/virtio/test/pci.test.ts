@@ -19,7 +19,7 @@ import {
 import { EchoDevice } from "./echo-device.js";
 import { pciRig, RAM, text } from "./rigs.js";
 
-const { ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK } = DeviceStatus;
+const { ACKNOWLEDGE, DRIVER, FEATURES_OK } = DeviceStatus;
 
 function cfg(t: VirtioPciTransport, offset: number, length: number): number {
   const b = new Uint8Array(length);
