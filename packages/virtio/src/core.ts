@@ -188,8 +188,9 @@ export class VirtioTransportCore {
 
   /** The driver wrote the device status register. */
   writeStatus(value: number): void {
-    const written = value & 0xff;
-    if (written === 0) {
+    // Bits the spec does not define (16, 32) are dropped.
+    const written = value & (ACKNOWLEDGE | DRIVER | DRIVER_OK | FEATURES_OK | DEVICE_NEEDS_RESET | FAILED);
+    if ((value & 0xff) === 0) {
       this.reset();
       return;
     }

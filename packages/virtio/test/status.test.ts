@@ -225,7 +225,9 @@ describe("DEVICE_NEEDS_RESET", () => {
 
   it("is set for rings outside RAM or misaligned", () => {
     expect(ready((k) => k.queue(0, 8, 0xff00)).c.brokenReason).toMatchObject({ kind: "InvalidRingAddress" });
-    expect(ready((k) => k.queue(0, 8, 0x1008)).c.brokenReason).toMatchObject({ kind: "InvalidRingAlignment" });
+    expect(ready((k) => k.queue(0, 8, 0x1008)).c.brokenReason).toMatchObject({
+      kind: "InvalidRingAlignment",
+    });
   });
 
   it("is set when activation throws", () => {
