@@ -10,7 +10,8 @@ export function createExitHandler(ctx) {
     };
   }
   return (exit) => {
-    if (exit.reason === "io" && exit.port === 0x10) return { stop: "done", detail: { ms: performance.now() - t0 } };
+    if (exit.reason === "io" && exit.port === 0x10)
+      return { stop: "done", detail: { ms: performance.now() - t0 } };
     if (exit.reason === "interrupted") return undefined;
     return { stop: `unexpected ${exit.reason}` };
   };

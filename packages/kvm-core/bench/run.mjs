@@ -64,7 +64,8 @@ async function runTs(mode, code) {
       data: { mode },
     });
     const r = await t.exited;
-    if (r.reason !== "handler" || r.stop !== "done") throw new Error(`bench guest ended with ${JSON.stringify(r)}`);
+    if (r.reason !== "handler" || r.stop !== "done")
+      throw new Error(`bench guest ended with ${JSON.stringify(r)}`);
     if (notify) {
       Atomics.store(new Int32Array(control), 0, 1);
       notify.write(1);
@@ -99,11 +100,17 @@ rmSync(dir, { recursive: true, force: true });
 const rate = (r) => r.exits / (r.ms / 1000);
 const rows = [
   ["port-I/O exits/s (in-worker handler)", rate(tsExits), rate(cExits), "higher is better"],
-  ["ioeventfd→worker→irqfd round trip µs", (tsRt.ms * 1000) / ROUNDS, (cRt.ms * 1000) / ROUNDS, "lower is better"],
+  [
+    "ioeventfd→worker→irqfd round trip µs",
+    (tsRt.ms * 1000) / ROUNDS,
+    (cRt.ms * 1000) / ROUNDS,
+    "lower is better",
+  ],
 ];
 console.log(`\nkvm-core bench — ${probe.summary}`);
 console.log(`node ${process.version}, best of ${REPEAT}, ${EXITS} exits, ${ROUNDS} round trips\n`);
 const fmt = (v) => (v >= 1000 ? Math.round(v).toLocaleString("en-US") : v.toFixed(1));
 console.log(`| metric | tskvm (TS) | C (raw ioctls) | TS / C | |`);
 console.log(`|---|---:|---:|---:|---|`);
-for (const [name, ts, c, note] of rows) console.log(`| ${name} | ${fmt(ts)} | ${fmt(c)} | ${(ts / c).toFixed(2)} | ${note} |`);
+for (const [name, ts, c, note] of rows)
+  console.log(`| ${name} | ${fmt(ts)} | ${fmt(c)} | ${(ts / c).toFixed(2)} | ${note} |`);
