@@ -307,20 +307,32 @@ export class VirtioTransportCore {
     if (this.#status & DRIVER_OK) this.#link.configInterrupt(this.configVector);
   }
 
-  /** The driver notified queue `index`: forwarded to the device once it is running. */
+  /**
+   * The driver notified queue `index`: forwarded to the device once it is
+   * running. An exception from the device marks it DEVICE_NEEDS_RESET (see
+   * {@link brokenReason}) instead of unwinding into the VMM's exit handler.
+   */
   notify(index: number): void {
     const q = this.queues[index];
     if (!q?.ready || !this.activated || this.#status & (DEVICE_NEEDS_RESET | FAILED)) return;
-    this.device.queueNotify?.(index);
+    this.#guard(() => this.device.queueNotify?.(index));
   }
 
-  /** Reads device config, zero outside `configSize`. */
+  #guard(call: () => void): void {
+    try {
+      call();
+    } catch (e) {
+      this.needsReset(e instanceof Error ? e : new Error(String(e)));
+    }
+  }
+
+  /** Reads device config, zero outside `configSize` (and if the device throws). */
   readDeviceConfig(offset: number, data: Uint8Array): void {
     data.fill(0);
     const size = this.device.configSize;
     if (offset >= size || offset < 0) return;
     const n = Math.min(data.length, size - offset);
-    this.device.readConfig(offset, data.subarray(0, n));
+    this.#guard(() => this.device.readConfig(offset, data.subarray(0, n)));
   }
 
   /** Writes device config, dropping bytes outside `configSize`. */
@@ -328,7 +340,7 @@ export class VirtioTransportCore {
     const size = this.device.configSize;
     if (offset >= size || offset < 0) return;
     const n = Math.min(data.length, size - offset);
-    this.device.writeConfig(offset, data.subarray(0, n));
+    this.#guard(() => this.device.writeConfig(offset, data.subarray(0, n)));
   }
 
   /** Sets bits in the interrupt status word. */

@@ -674,6 +674,8 @@ export class VirtioPciTransport {
   }
 
   #interrupt(bit: number, vector: number): void {
+    // The config-change ISR bit is set whether or not MSI-X is in use (§4.1.4.5.1).
+    if (bit === INTERRUPT_CONFIG) this.core.setInterruptStatus(bit);
     if (this.msixEnabled) {
       if (vector === NO_VECTOR || vector >= this.#vectors) return;
       if (this.#msixDeliverable(vector)) this.#msixSink?.signalVector(vector);

@@ -261,6 +261,23 @@ describe("DEVICE_NEEDS_RESET", () => {
   });
 });
 
+describe("device exceptions", () => {
+  it("mark the device DEVICE_NEEDS_RESET instead of reaching the VMM", () => {
+    const { sim, device, transport } = mmioRig();
+    sim.init();
+    device.queueNotify = () => {
+      throw new TypeError("device bug");
+    };
+    sim.queue(0).kick();
+    expect(sim.status & NR).toBe(NR);
+    expect(transport.core.brokenReason).toBeInstanceOf(TypeError);
+    device.readConfig = () => {
+      throw new Error("config bug");
+    };
+    expect(Array.from(sim.transport.readConfig(0, 4))).toEqual([0, 0, 0, 0]);
+  });
+});
+
 describe("status machine through both transports", () => {
   it.each([
     ["pci", () => pciRig().sim],
