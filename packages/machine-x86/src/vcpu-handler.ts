@@ -57,6 +57,8 @@ export type CreatePciDevice = (ctx: PciDeviceWorkerContext) => PciDeviceHandler 
 /** Ports Linux probes that are not there on this machine; they read as 0xff without a trace. */
 const ABSENT_PORTS: readonly [number, number, string][] = [
   [0x00, 0x20, "dma1"],
+  [0x2e, 2, "superio-cfg1"],
+  [0x4e, 2, "superio-cfg2"],
   [0x80, 0x10, "post+dma-page"],
   [0x92, 1, "port-a"],
   [0xc0, 0x20, "dma2"],

@@ -6,6 +6,8 @@
  * - `reboot=k`: reboot through the i8042 reset line, which ends the VM (there is no ACPI).
  * - `panic=1`: a panic reboots after a second instead of hanging; the machine reports it as a crash.
  * - `pci=conf1`: configuration mechanism 1 (0xcf8/0xcfc) without BIOS probing.
+ * - `acpi=off`: there are no ACPI tables (the MP table describes the CPUs and IOAPIC);
+ *   saves the RSDP scan and its "A valid RSDP was not found" error.
  * - `i8042.*`: the i8042 is a stub; don't look for an AUX port, a multiplexer or PnP
  *   entries, and don't talk to the keyboard (no probe timeouts).
  */
@@ -15,6 +17,7 @@ export const DEFAULT_CMDLINE_PARAMS: readonly string[] = [
   "reboot=k",
   "panic=1",
   "pci=conf1",
+  "acpi=off",
   "i8042.noaux",
   "i8042.nomux",
   "i8042.nopnp",

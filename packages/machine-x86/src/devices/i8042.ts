@@ -9,7 +9,15 @@ export const I8042_COMMAND_PORT = 0x64;
 export const I8042_KBD_IRQ = 1;
 export const I8042_AUX_IRQ = 12;
 
-export const I8042Status = { OBF: 0x01, IBF: 0x02, SYS: 0x04, CMD: 0x08, AUXDATA: 0x20 } as const;
+/** Status bits; KEYLOCK set means the keyboard is *not* inhibited by the key lock. */
+export const I8042Status = {
+  OBF: 0x01,
+  IBF: 0x02,
+  SYS: 0x04,
+  CMD: 0x08,
+  KEYLOCK: 0x10,
+  AUXDATA: 0x20,
+} as const;
 export const I8042Ctr = {
   KBDINT: 0x01,
   AUXINT: 0x02,
@@ -104,7 +112,7 @@ export class I8042 {
 
   #status(): number {
     const count = this.#g(S.COUNT);
-    let st = this.#g(S.CTR) & I8042Ctr.SYS ? I8042Status.SYS : 0;
+    let st = I8042Status.KEYLOCK | (this.#g(S.CTR) & I8042Ctr.SYS ? I8042Status.SYS : 0);
     if (this.#g(S.LAST_CMD)) st |= I8042Status.CMD;
     if (count > 0) {
       st |= I8042Status.OBF;

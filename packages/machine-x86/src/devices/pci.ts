@@ -386,7 +386,8 @@ export function liveBars(
         const hi = b.kind === "mmio64" ? spaces.read(d.slot, off + 4, 4) : 0;
         address = hi * 2 ** 32 + ((lo & 0xfffffff0) >>> 0);
       }
-      const limit = b.kind === "io" ? 0x10000 : b.kind === "mmio32" ? 2 ** 32 : 2 ** 52;
+      // Above the window are the IOAPIC, LAPIC and firmware, and the all-ones sizing pattern.
+      const limit = b.kind === "io" ? 0x10000 : b.kind === "mmio32" ? PCI_MMIO_END : 2 ** 52;
       if (address === 0 || address + b.size > limit) continue;
       out.push({ slot: d.slot, index: b.index, kind: b.kind, address, size: b.size });
     }

@@ -10,7 +10,10 @@ function hex(s: string): Uint8Array {
  * A bzImage (protocol 2.15, 64-bit entry, relocatable) whose protected-mode part is
  * 0x200 bytes of hlt followed by `code64` at startup_64.
  */
-export function makeTinyBzImage(code64: Uint8Array, o: { initSize?: number; prefAddress?: number } = {}): Uint8Array {
+export function makeTinyBzImage(
+  code64: Uint8Array,
+  o: { initSize?: number; prefAddress?: number } = {},
+): Uint8Array {
   const setupSects = 1;
   const kernelOffset = (setupSects + 1) * 512;
   const kernel = new Uint8Array(0x200 + code64.length).fill(0xf4);
@@ -82,3 +85,39 @@ export const TRIPLE_FAULT_GUEST = hex("0f0b");
 export const SMP_GUEST = hex(
   "66baf803b041ee488d354f000000bf00300000b90f000000f3a4bb0000e0fec783f0000000ff010000c7831003000000000001c7830003000000450000c7830003000003460000f390803c25003100000175f4b043eeb00aeefaf4ebfdbaf803b042eec606003101faf4ebfd",
 );
+
+/**
+ * Echoes what it receives on the UART (polling LSR), upper-casing letters, until a
+ * newline, which it echoes before halting with interrupts off.
+ *
+ *   mov $0x3f8, %dx
+ * 1: add $5, %dx; in %dx, %al; sub $5, %dx; test $1, %al; jz 1b    # wait for LSR.DR
+ *   in %dx, %al; cmp $0x0a, %al; je 2f
+ *   cmp $'a', %al; jb 3f; cmp $'z', %al; ja 3f; sub $0x20, %al
+ * 3: out %al, %dx; jmp 1b
+ * 2: out %al, %dx; cli
+ * 4: hlt; jmp 4b
+ */
+export const ECHO_GUEST = hex(
+  "66baf8036683c205ec6683ea05a80174f3ec3c0a740d3c6172063c7a77022c20eeebe1eefaf4ebfd",
+);
+
+/**
+ * Enables memory decoding of PCI 00:01.0 through 0xcf8/0xcfc, reads 4 bytes from its
+ * BAR 0 (0xc0000000) and prints them, writes 0x000a4b4f at BAR 0 + 4, prints "\n"
+ * and halts with interrupts off.
+ *
+ *   mov $0xcf8, %dx; mov $0x80000804, %eax; out %eax, %dx
+ *   mov $0xcfc, %dx; mov $0x0002, %ax; out %ax, %dx
+ *   mov $0xc0000000, %ebx; mov (%rbx), %eax
+ *   mov $0x3f8, %dx; out %al, %dx; (shr $8, %eax; out %al, %dx) x3
+ *   movl $0x0a4b4f, 4(%rbx)
+ *   mov $0x0a, %al; out %al, %dx; cli
+ * 1: hlt; jmp 1b
+ */
+export const PCI_GUEST = hex(
+  "66baf80cb804080080ef66bafc0c66b8020066efbb000000c08b0366baf803eec1e808eec1e808eec1e808eec743044f4b0a00b00aeefaf4ebfd",
+);
+
+/** `1: pause; jmp 1b`: runs until stopped. */
+export const SPIN_GUEST = hex("f390ebfc");
