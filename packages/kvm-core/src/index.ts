@@ -1,3 +1,4 @@
+export { type DeviceAccess, DeviceChannel, type DeviceChannelDescriptor } from "./device-channel.js";
 export { errnoName, KvmError } from "./errors.js";
 export { EventFd, pollReadable } from "./eventfd.js";
 export {
