@@ -1,19 +1,31 @@
-import { closeSync, openSync, readSync } from "node:fs";
+import { closeSync, openSync, readSync, realpathSync, unlinkSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import type { DiskImage, DiskImageFormat } from "./disk-image.js";
 import { DiskImageError, wrapSystemError } from "./errors.js";
+import { writeQcow2 } from "./qcow2/create.js";
+import { QCOW2_MAGIC } from "./qcow2/format.js";
+import type { Qcow2CacheOptions, Qcow2DiskImage } from "./qcow2/image.js";
+import { type BackingOpener, openQcow2Image, type Qcow2OpenOptions } from "./qcow2/open.js";
 import { openRaw } from "./raw.js";
 
-export interface OpenDiskImageOptions {
+export interface OpenDiskImageOptions extends Qcow2CacheOptions {
   /** Skip probing: treat the file as this format. */
   format?: DiskImageFormat;
   readOnly?: boolean;
-  /** O_DIRECT (raw images). */
+  /** O_DIRECT (raw images only). */
   direct?: boolean;
-  /** Take image locks. Default true. */
+  /** Take image locks (shared ones on backing files). Default true. */
   lock?: boolean;
+  /**
+   * Snapshot disk: the image is opened read-only and writes go to a temporary
+   * qcow2 overlay in $TMPDIR that is unlinked at once and disappears on close.
+   */
+  snapshot?: boolean;
 }
 
-const QCOW2_MAGIC = 0x514649fb;
+/** Backing chains deeper than this are refused (and loops are caught by it too). */
+export const MAX_BACKING_DEPTH = 64;
 
 /**
  * Guesses an image's format from its first bytes: the qcow2 magic → `qcow2`,
@@ -38,22 +50,124 @@ export function probeFormat(path: string): DiskImageFormat {
   }
 }
 
-/**
- * Opens a disk image of any supported format. The format is probed unless
- * `format` is given: pass `format: "raw"` for raw images a guest may write,
- * or a guest could make its disk look like a qcow2 image with a backing file.
- */
-export function openDiskImage(path: string, options: OpenDiskImageOptions = {}): DiskImage {
+function checkFormat(format: string, path: string): DiskImageFormat {
+  if (format === "raw" || format === "qcow2") return format;
+  if (format === "file" || format === "host_device") return "raw";
+  throw new DiskImageError("UNSUPPORTED", `image format ${JSON.stringify(format)} is not supported`, {
+    path,
+    hint: 'only "raw" and "qcow2" are; convert with qemu-img convert -O qcow2.',
+  });
+}
+
+function backingOpener(options: OpenDiskImageOptions, chain: string[]): BackingOpener {
+  return {
+    open(path, format, depth) {
+      if (depth > MAX_BACKING_DEPTH)
+        throw new DiskImageError("CORRUPT", `the backing chain is deeper than ${MAX_BACKING_DEPTH} images`, {
+          path,
+        });
+      let real: string;
+      try {
+        real = realpathSync(path);
+      } catch (e) {
+        throw wrapSystemError(e, "open", path);
+      }
+      if (chain.includes(real))
+        throw new DiskImageError("CORRUPT", "the backing chain loops back to an image already in it", {
+          path,
+          hint: `chain: ${[...chain, real].join(" -> ")}`,
+        });
+      return openChained(
+        path,
+        {
+          ...options,
+          readOnly: true,
+          snapshot: false,
+          direct: false,
+          format: format === undefined ? undefined : checkFormat(format, path),
+        },
+        [...chain, real],
+        depth,
+      );
+    },
+  };
+}
+
+function openChained(path: string, options: OpenDiskImageOptions, chain: string[], depth: number): DiskImage {
   const format = options.format ?? probeFormat(path);
   switch (format) {
     case "raw":
       return openRaw(path, options);
     case "qcow2":
-      throw new DiskImageError("UNSUPPORTED", "qcow2 images are not supported yet", { path });
+      if (options.direct)
+        throw new DiskImageError("UNSUPPORTED", "direct (O_DIRECT) I/O is only supported for raw images", {
+          path,
+        });
+      return openQcow2Image(path, options, { backingOpener: backingOpener(options, chain), depth });
     default:
       throw new DiskImageError("INVALID", `unknown image format ${JSON.stringify(format)}`, {
         path,
         hint: 'use "raw" or "qcow2".',
       });
   }
+}
+
+let overlaySeq = 0;
+
+function openSnapshot(path: string, options: OpenDiskImageOptions): DiskImage {
+  const base = openDiskImage(path, { ...options, snapshot: false, readOnly: true });
+  try {
+    const dir = process.env.TMPDIR || tmpdir();
+    const overlay = join(dir, `tskvm-snapshot-${process.pid}-${Date.now()}-${overlaySeq++}.qcow2`);
+    const size = Math.ceil(base.size / 512) * 512;
+    writeQcow2(
+      overlay,
+      size,
+      { backing: realpathSync(path) },
+      { size: base.size, format: base.format },
+      false,
+    );
+    try {
+      return openQcow2Image(
+        overlay,
+        { ...options, readOnly: false, lock: false },
+        { backing: base, unsafe: true, displayPath: path },
+      );
+    } finally {
+      unlinkSync(overlay); // the open descriptor keeps it alive until close
+    }
+  } catch (e) {
+    base.close();
+    throw e;
+  }
+}
+
+/**
+ * Opens a disk image of any supported format. The format is probed unless
+ * `format` is given: pass `format: "raw"` for raw images a guest may write,
+ * or a guest could make its disk look like a qcow2 image with a backing file.
+ */
+export function openDiskImage(path: string, options: OpenDiskImageOptions = {}): DiskImage {
+  if (options.snapshot) return openSnapshot(path, options);
+  if (options.format !== undefined) checkFormatOption(options.format, path);
+  let real: string;
+  try {
+    real = realpathSync(path);
+  } catch (e) {
+    throw wrapSystemError(e, "open", path);
+  }
+  return openChained(path, options, [real], 0);
+}
+
+function checkFormatOption(format: string, path: string): void {
+  if (format !== "raw" && format !== "qcow2")
+    throw new DiskImageError("INVALID", `unknown image format ${JSON.stringify(format)}`, {
+      path,
+      hint: 'use "raw" or "qcow2".',
+    });
+}
+
+/** Opens a qcow2 image (and its backing chain) without probing. */
+export function openQcow2(path: string, options: Qcow2OpenOptions = {}): Qcow2DiskImage {
+  return openDiskImage(path, { ...options, format: "qcow2" }) as Qcow2DiskImage;
 }
