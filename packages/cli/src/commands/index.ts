@@ -1,5 +1,6 @@
 import type { CommandGroup } from "../command.js";
 import { guest } from "./guest.js";
+import { run } from "./run.js";
 
 /**
  * Every `tskvm` command. To add one (e.g. `run`), write a `Command` or `CommandGroup` in
@@ -9,6 +10,7 @@ export const rootCommand: CommandGroup = {
   kind: "group",
   summary: "a KVM virtual machine monitor in TypeScript",
   commands: {
+    run,
     guest,
   },
 };

@@ -1,0 +1,174 @@
+import { readFileSync } from "node:fs";
+import { constants } from "node:os";
+import { buildGuestKit } from "@tskvm/guest-kit";
+import {
+  AccelerationError,
+  createMachine,
+  type Machine,
+  type MachineExit,
+  parseBzImage,
+} from "@tskvm/machine-x86";
+import { type Command, ExitCode, type Io, parseCommandArgs, UsageError } from "../command.js";
+import { ConsoleTerminal } from "../terminal.js";
+
+export const RUN_HELP = `Usage: tskvm run [OPTIONS]
+
+Boots a Linux guest with its console on this terminal. Without --kernel and
+--initrd it boots the default guest (see 'tskvm guest build'): a Debian kernel
+and a busybox initramfs that gives a shell, or runs the command given with
+-p 'tskvm.cmd="COMMAND"' and powers off.
+
+Options (as kvmtool's lkvm run):
+  -k, --kernel FILE   the kernel, a bzImage (default: the default guest's)
+  -i, --initrd FILE   an initramfs (default: the default guest's, if no --kernel)
+  -p, --params STR    kernel parameters, appended to the defaults
+                      (console=ttyS0 reboot=k panic=1 pci=conf1 acpi=off ...)
+  -m, --mem MIB       guest RAM in MiB, or with a G suffix (default 256)
+  -c, --cpus N        number of vCPUs (default 1)
+  -h, --help          show this help
+
+Console: the terminal is in raw mode while the guest runs, so Ctrl-C goes to
+the guest. Press Ctrl-A then x to quit; Ctrl-A Ctrl-A sends a Ctrl-A.
+
+Exit codes:
+  0    the guest powered off or rebooted
+  1    VMM error (no usable KVM, unreadable or bad kernel, ...)
+  2    bad command line
+  3    the guest crashed (kernel panic, triple fault)
+  129/130/143  stopped by SIGHUP/SIGINT/SIGTERM (or 130 for Ctrl-A x)
+`;
+
+function positiveInt(name: string, v: string | undefined, def: number, max: number): number {
+  if (v === undefined) return def;
+  if (!/^\d+$/.test(v)) throw new UsageError(`${name} must be a whole number, not '${v}'`);
+  const n = Number(v);
+  if (n < 1 || n > max) throw new UsageError(`${name} must be from 1 to ${max}, not ${n}`);
+  return n;
+}
+
+function memMiB(v: string | undefined): number {
+  if (v === undefined) return 256;
+  const m = /^(\d+)([MmGg]?)$/.exec(v);
+  if (!m) throw new UsageError(`--mem must be MiB (e.g. 512) or with a G suffix (e.g. 2G), not '${v}'`);
+  const n = Number(m[1]) * (m[2]?.toLowerCase() === "g" ? 1024 : 1);
+  if (n < 32 || n > 1024 * 1024) throw new UsageError(`--mem must be from 32 MiB to 1 TiB, not ${n} MiB`);
+  return n;
+}
+
+function readInput(what: string, path: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    const why =
+      code === "ENOENT" ? "no such file" : code === "EACCES" ? "permission denied" : (e as Error).message;
+    throw new Error(`cannot read the ${what} ${path}: ${why}`);
+  }
+}
+
+/** Maps how the machine ended to the documented exit code. */
+export function exitCodeFor(exit: MachineExit, signal?: NodeJS.Signals): number {
+  if (signal) return 128 + (constants.signals[signal] ?? 0);
+  switch (exit.reason) {
+    case "poweroff":
+    case "reboot":
+      return ExitCode.ok;
+    case "crash":
+    case "triple-fault":
+      return ExitCode.guestCrash;
+    case "stopped":
+      return ExitCode.sigint;
+    default:
+      return ExitCode.error;
+  }
+}
+
+const DESCRIBE: Record<MachineExit["reason"], string> = {
+  poweroff: "the guest powered off",
+  reboot: "the guest rebooted",
+  "triple-fault": "the guest crashed (triple fault)",
+  crash: "the guest crashed",
+  stopped: "stopped",
+  error: "VMM error",
+};
+
+async function runMachine(m: Machine, io: Io): Promise<number> {
+  const term = new ConsoleTerminal(process.stdin);
+  let signal: NodeJS.Signals | undefined;
+  const restore = () => term.restore();
+  const onSignal = (s: NodeJS.Signals) => {
+    signal ??= s;
+    restore();
+    void m.stop();
+  };
+  const signals: NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
+  for (const s of signals) process.on(s, onSignal);
+  process.on("exit", restore);
+  try {
+    m.console.output.on("data", (b: Buffer) => process.stdout.write(b));
+    await m.start();
+    term.attach(m.console.input, () => {
+      signal ??= "SIGINT";
+      void m.stop();
+    });
+    const exit = await m.exited;
+    restore();
+    const detail = exit.detail ? `: ${exit.detail}` : "";
+    io.stderr(
+      `\ntskvm: ${signal ? `stopped by ${signal === "SIGINT" && !detail ? "Ctrl-A x / SIGINT" : signal}` : DESCRIBE[exit.reason]}${detail}\n`,
+    );
+    return exitCodeFor(exit, signal);
+  } finally {
+    restore();
+    for (const s of signals) process.off(s, onSignal);
+    process.off("exit", restore);
+  }
+}
+
+export const run: Command = {
+  kind: "command",
+  summary: "boot a Linux guest (the default guest unless --kernel is given)",
+  help: RUN_HELP,
+  async run(args, io) {
+    const { values } = parseCommandArgs(args, {
+      kernel: { type: "string", short: "k" },
+      initrd: { type: "string", short: "i" },
+      params: { type: "string", short: "p" },
+      mem: { type: "string", short: "m" },
+      cpus: { type: "string", short: "c" },
+    });
+    const mem = memMiB(values.mem);
+    const cpus = positiveInt("--cpus", values.cpus, 1, 254);
+    let kernel = values.kernel;
+    let initrd = values.initrd;
+    if (kernel === undefined) {
+      const kit = await buildGuestKit({ log: (l) => io.stderr(`tskvm: ${l}\n`) });
+      kernel = kit.kernel;
+      initrd ??= kit.initrd;
+    }
+    let machine: Machine;
+    try {
+      // Check the files first: a bad kernel is reported as such, whatever the host's KVM.
+      parseBzImage(readInput("kernel", kernel));
+      if (initrd !== undefined) readInput("initrd", initrd);
+      machine = createMachine({
+        kernel,
+        ...(initrd !== undefined ? { initrd } : {}),
+        ...(values.params !== undefined ? { cmdline: values.params } : {}),
+        memMiB: mem,
+        cpus,
+      });
+    } catch (e) {
+      if (e instanceof AccelerationError) {
+        io.stderr(
+          `tskvm: ${e.message}.\n` +
+            "tskvm: the project's tests boot Linux inside a nested-KVM sandbox on such machines (see the README).\n",
+        );
+        return ExitCode.error;
+      }
+      io.stderr(`tskvm: ${(e as Error).message}\n`);
+      return ExitCode.error;
+    }
+    return runMachine(machine, io);
+  },
+};
