@@ -129,7 +129,14 @@ export function wrapSystemError(e: unknown, operation: string, path: string, hin
   const code = errnoCodeOf(e);
   if (code === undefined) {
     const message = e instanceof Error ? e.message : String(e);
-    return new DiskImageError("EIO", `${operation} failed: ${message}`, { path, hint, cause: e });
+    // Node refused the arguments (e.g. a path with a NUL byte) before any system call.
+    const invalid =
+      e instanceof TypeError || (e instanceof Error && String((e as ErrnoLike).code).startsWith("ERR_"));
+    return new DiskImageError(invalid ? "INVALID" : "EIO", `${operation} failed: ${message}`, {
+      path,
+      hint,
+      cause: e,
+    });
   }
   const x = e as ErrnoLike;
   const errno =

@@ -233,6 +233,16 @@ export class Qcow2DiskImage extends DiskImageBase {
       this.addMetadata(off, 1, `the L2 table of L1 entry ${i}`);
     }
     if (!this.readOnly) {
+      // Everything this image will write to must be allocated.
+      const fixed = [0, ...this.clustersOf(h.refcountTableOffset, h.refcountTableClusters)];
+      if (h.l1Size > 0) fixed.push(...this.clustersOf(h.l1TableOffset, Math.ceil((h.l1Size * 8) / cs)));
+      for (const c of fixed) {
+        if (this.refcount(c) < 1)
+          throw corrupt(
+            this.path,
+            `metadata cluster at ${c * cs} (header, L1 or refcount table) has refcount 0`,
+          );
+      }
       for (let i = 0; i < h.l1Size; i++) {
         const hi = lv.getUint32(i * 8);
         const lo = lv.getUint32(i * 8 + 4);
@@ -526,7 +536,20 @@ export class Qcow2DiskImage extends DiskImageBase {
     const lo = this.reftableView.getUint32(k * 8 + 4);
     if (hi === 0 && lo === 0) return undefined;
     const off = hi * TWO32 + lo;
-    return this.refCache.get(off) ?? this.loadTable(this.refCache, off);
+    const cached = this.refCache.get(off);
+    if (cached) return cached;
+    const t = this.loadTable(this.refCache, off);
+    if (!this.readOnly) {
+      // A block we will write must itself be allocated (else it may sit in free space).
+      const c = off / this.clusterSize;
+      const kk = Math.floor(c / this.refEntries);
+      const rc = kk === k ? this.getRef(t, c - k * this.refEntries) : this.refcount(c);
+      if (rc < 1) {
+        this.refCache.evict(t);
+        throw corrupt(this.path, `refcount block ${k} at ${off} is not allocated itself`);
+      }
+    }
+    return t;
   }
 
   private getRef(t: Table, i: number): number {

@@ -3,7 +3,7 @@ import { dirname, isAbsolute, resolve } from "node:path";
 import type { DiskImage } from "../disk-image.js";
 import { DiskImageError } from "../errors.js";
 import { openImageFile } from "../raw.js";
-import { checkFeatures, parseHeader, unsupported } from "./format.js";
+import { checkFeatures, corrupt, parseHeader, unsupported } from "./format.js";
 import { checkWritable, type Qcow2CacheOptions, Qcow2DiskImage, readHead } from "./image.js";
 
 export interface Qcow2OpenOptions extends Qcow2CacheOptions {
@@ -35,6 +35,7 @@ export interface Qcow2OpenContext {
  * against the directory of the image that names them (as QEMU does).
  */
 export function resolveBackingPath(imagePath: string, name: string): string {
+  if (name.includes("\0")) throw corrupt(imagePath, "the backing file name contains a NUL byte");
   if (name.startsWith("json:"))
     throw unsupported(
       imagePath,
