@@ -1,0 +1,257 @@
+import type { DiskImage } from "@tskvm/disk-image";
+import {
+  type ActivateContext,
+  type ActiveQueue,
+  type DescriptorChain,
+  type VirtioDevice,
+  VirtioDeviceId,
+  VirtqueueError,
+} from "@tskvm/virtio";
+import {
+  type BlkConfiguration,
+  type BlkDeviceOptions,
+  type BlkLimits,
+  blkConfiguration,
+  diskInfo,
+  limitsFor,
+} from "./config.js";
+import { BLK_CONFIG_SIZE, type BlkStatus } from "./constants.js";
+import { BlockEngine, type BlockStats } from "./engine.js";
+import { BlockRequestError, parseBlockRequest } from "./request.js";
+
+/** Counters of a device (plain data): the engine's plus what the queue loop saw. */
+export interface BlkDeviceStats extends BlockStats {
+  /** Requests completed with a status byte (any status). */
+  completed: number;
+  /** Requests the driver got wrong that were answered with IOERR / UNSUPP. */
+  rejected: number;
+  /** Chains without a status byte, or malformed at the virtqueue level: used length 0. */
+  failed: number;
+  /** Wake-ups that found work (batches). */
+  batches: number;
+  /** Used-buffer interrupts sent. */
+  interrupts: number;
+}
+
+/**
+ * The I/O side of a device running in a worker, as the main-thread device
+ * sees it (implemented by the `startBlkWorker` handle). All calls are
+ * synchronous: `activate` returns once the worker owns the queues, `reset`
+ * once it has stopped touching them.
+ */
+export interface BlkRemoteBackend {
+  /** The configuration the worker computed from the disk it opened. */
+  readonly configuration: BlkConfiguration;
+  activate(ctx: ActivateContext): void;
+  reset(): void;
+  /** A queue notification that did not come through the ioeventfd (e.g. a trapped doorbell write). */
+  notify(index: number): void;
+}
+
+/** Inline mode: this thread owns the disk and processes requests when notified. */
+export interface InlineBlkOptions extends BlkDeviceOptions {
+  image: DiskImage;
+}
+
+/** Worker mode: a dedicated I/O worker (see `startBlkWorker`) owns the disk and the queues. */
+export interface WorkerBlkOptions {
+  worker: BlkRemoteBackend;
+}
+
+export type VirtioBlkDeviceOptions = InlineBlkOptions | WorkerBlkOptions;
+
+interface Inline {
+  engine: BlockEngine;
+}
+
+/** How many requests one call of {@link VirtioBlkDevice.processQueue} serves at most by default. */
+export const DEFAULT_BATCH_BUDGET = Number.POSITIVE_INFINITY;
+
+/**
+ * A virtio block device (virtio 1.2 §5.2): one request queue, FLUSH, GET_ID,
+ * DISCARD and WRITE_ZEROES when the disk can, RO for read-only disks,
+ * EVENT_IDX and indirect descriptors.
+ *
+ * - Inline mode (`{ image }`): `queueNotify` processes the queue on the
+ *   calling thread — what the I/O worker itself runs, and what tests and
+ *   simple embeddings use.
+ * - Worker mode (`{ worker }`): activation hands the queues to the I/O worker
+ *   (which waits on their ioeventfds and raises irqfds), reset takes them back;
+ *   nothing of the request path runs on the calling thread.
+ */
+export class VirtioBlkDevice implements VirtioDevice {
+  readonly deviceType = VirtioDeviceId.BLOCK;
+  readonly queueMaxSizes: readonly number[];
+  readonly features: bigint;
+  readonly configSize = BLK_CONFIG_SIZE;
+  readonly configuration: BlkConfiguration;
+  readonly #inline: Inline | undefined;
+  readonly #remote: BlkRemoteBackend | undefined;
+  #ctx: ActivateContext | undefined;
+  #limits: BlkLimits;
+  readonly #stats = { completed: 0, rejected: 0, failed: 0, batches: 0, interrupts: 0 };
+
+  constructor(options: VirtioBlkDeviceOptions) {
+    if ("worker" in options) {
+      this.#remote = options.worker;
+      this.configuration = options.worker.configuration;
+    } else {
+      const { image, ...rest } = options;
+      this.configuration = blkConfiguration(diskInfo(image), rest);
+      this.#inline = {
+        engine: new BlockEngine(image, {
+          serial: this.configuration.serial,
+          mayUnmap: this.configuration.limits.writeZeroes?.mayUnmap ?? false,
+        }),
+      };
+    }
+    this.features = this.configuration.features;
+    this.queueMaxSizes = [this.configuration.queueSize];
+    this.#limits = this.configuration.limits;
+  }
+
+  /** Inline mode: the engine (and its disk). Undefined in worker mode. */
+  get engine(): BlockEngine | undefined {
+    return this.#inline?.engine;
+  }
+
+  get activated(): boolean {
+    return this.#ctx !== undefined;
+  }
+
+  /** The limits requests are checked against (narrowed to the negotiated features once active). */
+  get limits(): BlkLimits {
+    return this.#limits;
+  }
+
+  readConfig(offset: number, data: Uint8Array): void {
+    data.set(this.configuration.configSpace.subarray(offset, offset + data.length));
+  }
+
+  writeConfig(_offset: number, _data: Uint8Array): void {
+    // Every field is read-only (writeback would need VIRTIO_BLK_F_CONFIG_WCE).
+  }
+
+  activate(ctx: ActivateContext): void {
+    this.#limits = limitsFor(this.configuration.limits, ctx.driverFeatures);
+    if (this.#remote) this.#remote.activate(ctx);
+    this.#ctx = ctx;
+  }
+
+  reset(): void {
+    const was = this.#ctx;
+    this.#ctx = undefined;
+    this.#limits = this.configuration.limits;
+    if (this.#remote && was) this.#remote.reset();
+  }
+
+  queueNotify(index: number): void {
+    if (this.#remote) {
+      this.#remote.notify(index);
+      return;
+    }
+    this.processQueue(index);
+  }
+
+  /**
+   * Inline mode: serves the available requests of queue `index` — every one,
+   * or at most `budget` — with notifications suppressed while it works and
+   * re-checked after they are re-enabled (so a request made available just
+   * then is not missed), then interrupts the driver if it asked for it.
+   * `shouldStop` is asked between requests (a stop or reset is pending).
+   * Returns true when it stopped early with requests left (call again without
+   * waiting for a notification: the driver may not send one).
+   */
+  processQueue(index: number, budget = DEFAULT_BATCH_BUDGET, shouldStop?: () => boolean): boolean {
+    const ctx = this.#ctx;
+    const engine = this.#inline?.engine;
+    const active = ctx?.queues.find((q) => q.index === index);
+    if (!ctx || !engine || !active) return false;
+    const queue = active.queue;
+    let served = 0;
+    let more = false;
+    try {
+      queue.disableNotification();
+      for (;;) {
+        while (served < budget && !shouldStop?.()) {
+          let chain: DescriptorChain | null;
+          try {
+            chain = queue.pop();
+          } catch (e) {
+            if (!(e instanceof VirtqueueError) || e.fatal || e.head === undefined) throw e;
+            queue.addUsed(e.head, 0);
+            this.#stats.failed++;
+            served++;
+            continue;
+          }
+          if (!chain) break;
+          this.#serve(engine, active, chain);
+          served++;
+        }
+        if (served >= budget || shouldStop?.()) {
+          // Leave notifications on (a stopped worker must not leave the driver silenced).
+          more = queue.enableNotification();
+          break;
+        }
+        if (!queue.enableNotification()) break;
+        queue.disableNotification();
+      }
+    } catch (e) {
+      if (e instanceof VirtqueueError && e.fatal) {
+        ctx.needsReset(e);
+        return false;
+      }
+      throw e;
+    } finally {
+      if (served > 0) this.#stats.batches++;
+      if (queue.needsNotification()) {
+        this.#stats.interrupts++;
+        ctx.interrupt.signalQueue(index);
+      }
+    }
+    return more;
+  }
+
+  #serve(engine: BlockEngine, active: ActiveQueue, chain: DescriptorChain): void {
+    let status: BlkStatus;
+    let statusByte: Uint8Array;
+    let written = 0;
+    try {
+      const req = parseBlockRequest(chain, this.#limits);
+      const r = engine.execute(req);
+      status = r.status;
+      written = r.written;
+      statusByte = req.status;
+    } catch (e) {
+      if (!(e instanceof BlockRequestError)) throw e;
+      if (e.status === undefined || !e.statusByte) {
+        active.queue.addUsed(chain.head, 0);
+        this.#stats.failed++;
+        return;
+      }
+      this.#stats.rejected++;
+      status = e.status;
+      statusByte = e.statusByte;
+    }
+    statusByte[0] = status;
+    active.queue.addUsed(chain.head, written + 1);
+    this.#stats.completed++;
+  }
+
+  /** Counters (inline mode; zeros in worker mode, ask the worker handle). */
+  get stats(): BlkDeviceStats {
+    const e = this.#inline?.engine.stats;
+    return {
+      reads: e?.reads ?? 0,
+      writes: e?.writes ?? 0,
+      flushes: e?.flushes ?? 0,
+      discards: e?.discards ?? 0,
+      writeZeroes: e?.writeZeroes ?? 0,
+      getIds: e?.getIds ?? 0,
+      bytesRead: e?.bytesRead ?? 0,
+      bytesWritten: e?.bytesWritten ?? 0,
+      ioErrors: e?.ioErrors ?? 0,
+      ...this.#stats,
+    };
+  }
+}
