@@ -1,5 +1,5 @@
 import { readvSync, writevSync } from "node:fs";
-import { sys } from "./errors.js";
+import { wrapSystemError } from "./errors.js";
 
 /** Most iovecs one preadv/pwritev takes (Linux IOV_MAX). */
 const IOV_MAX = 1024;
@@ -23,27 +23,59 @@ function nonEmpty(buffers: readonly Uint8Array[]): readonly Uint8Array[] {
   return buffers;
 }
 
+function readv(fd: number, buffers: readonly Uint8Array[], position: number, path: string): number {
+  try {
+    return readvSync(fd, buffers as Uint8Array[], position);
+  } catch (e) {
+    throw wrapSystemError(e, "read", path);
+  }
+}
+
+function writev(fd: number, buffers: readonly Uint8Array[], position: number, path: string): number {
+  try {
+    return writevSync(fd, buffers as Uint8Array[], position);
+  } catch (e) {
+    throw wrapSystemError(e, "write", path);
+  }
+}
+
 /**
  * preadv until every buffer is full; bytes past the end of the file read as
  * zeros (as with QEMU's file driver), so a short file never leaves stale data.
+ * `total` is the buffers' length when the caller knows it.
  */
-export function preadvFull(fd: number, buffers: readonly Uint8Array[], position: number, path: string): void {
+export function preadvFull(
+  fd: number,
+  buffers: readonly Uint8Array[],
+  position: number,
+  path: string,
+  total?: number,
+): void {
+  // The common case: one preadv does it all.
+  if (buffers.length <= IOV_MAX) {
+    const got = readv(fd, buffers, position, path);
+    if (got === (total ?? totalLength(buffers))) return;
+    if (got === 0) {
+      for (const b of buffers) b.fill(0);
+      return;
+    }
+    position += got;
+    buffers = advance(buffers, 0, got);
+  }
   let list: readonly Uint8Array[] = nonEmpty(buffers);
-  let pos = position;
   for (;;) {
+    if (list.length === 0) return;
     const batch = list.length > IOV_MAX ? list.slice(0, IOV_MAX) : list;
     let want = 0;
     for (const b of batch) want += b.byteLength;
-    if (list.length === 0) return;
-    const got = sys("read", path, () => readvSync(fd, batch, pos));
+    const got = readv(fd, batch, position, path);
     if (got === want && batch.length === list.length) return;
     if (got === 0) {
       for (const b of list) b.fill(0);
       return;
     }
-    pos += got;
+    position += got;
     list = advance(list, 0, got);
-    if (list.length === 0) return;
   }
 }
 
@@ -53,19 +85,24 @@ export function pwritevFull(
   buffers: readonly Uint8Array[],
   position: number,
   path: string,
+  total?: number,
 ): void {
+  if (buffers.length <= IOV_MAX) {
+    const put = writev(fd, buffers, position, path);
+    if (put === (total ?? totalLength(buffers))) return;
+    position += put;
+    buffers = advance(buffers, 0, put);
+  }
   let list: readonly Uint8Array[] = nonEmpty(buffers);
-  let pos = position;
   for (;;) {
+    if (list.length === 0) return;
     const batch = list.length > IOV_MAX ? list.slice(0, IOV_MAX) : list;
     let want = 0;
     for (const b of batch) want += b.byteLength;
-    if (list.length === 0) return;
-    const put = sys("write", path, () => writevSync(fd, batch, pos));
+    const put = writev(fd, batch, position, path);
     if (put === want && batch.length === list.length) return;
-    pos += put;
+    position += put;
     list = advance(list, 0, put);
-    if (list.length === 0) return;
   }
 }
 

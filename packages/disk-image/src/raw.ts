@@ -180,12 +180,14 @@ export class RawDiskImage extends DiskImageBase {
     io(this.buffered());
   }
 
-  protected doReadv(offset: number, buffers: readonly Uint8Array[]): void {
-    this.route(offset, buffers, (fd) => preadvFull(fd, buffers, offset, this.path));
+  protected doReadv(offset: number, buffers: readonly Uint8Array[], length: number): void {
+    if (!this.direct) preadvFull(this.fd, buffers, offset, this.path, length);
+    else this.route(offset, buffers, (fd) => preadvFull(fd, buffers, offset, this.path, length));
   }
 
-  protected doWritev(offset: number, buffers: readonly Uint8Array[]): void {
-    this.route(offset, buffers, (fd) => pwritevFull(fd, buffers, offset, this.path));
+  protected doWritev(offset: number, buffers: readonly Uint8Array[], length: number): void {
+    if (!this.direct) pwritevFull(this.fd, buffers, offset, this.path, length);
+    else this.route(offset, buffers, (fd) => pwritevFull(fd, buffers, offset, this.path, length));
   }
 
   protected doFlush(): void {

@@ -461,6 +461,13 @@ export class Qcow2DiskImage extends DiskImageBase {
 
   protected doReadv(offset: number, buffers: readonly Uint8Array[], length: number): void {
     const cs = this.clusterSize;
+    // Fast path: a request inside one allocated cluster (the usual 4 KiB read) is one preadv.
+    const ci0 = Math.floor(offset / cs);
+    const in0 = offset - ci0 * cs;
+    if (in0 + length <= cs && this.lookup(ci0) === K_NORMAL) {
+      preadvFull(this.fd, buffers, this.lkHost + in0, this.path, length);
+      return;
+    }
     const cursor = new IovCursor(buffers);
     const end = offset + length;
     // The pending run: kind, guest start, host start (K_NORMAL), length.
@@ -814,6 +821,14 @@ export class Qcow2DiskImage extends DiskImageBase {
 
   protected doWritev(offset: number, buffers: readonly Uint8Array[], length: number): void {
     const cs = this.clusterSize;
+    // Fast path: an overwrite inside one cluster this image owns is one pwritev.
+    const ci0 = Math.floor(offset / cs);
+    const in0 = offset - ci0 * cs;
+    if (in0 + length <= cs && this.lookup(ci0) === K_NORMAL && this.lkCopied) {
+      this.unsynced = true;
+      pwritevFull(this.fd, buffers, this.lkHost + in0, this.path, length);
+      return;
+    }
     const cursor = new IovCursor(buffers);
     const end = offset + length;
     // The pending run of contiguous host writes and the L2 updates it completes.
