@@ -64,6 +64,12 @@ interface Inline {
   engine: BlockEngine;
 }
 
+const FENCE = new Int32Array(new SharedArrayBuffer(4));
+/** A full memory barrier (a locked instruction) between a ring write and the read that must follow it. */
+function fence(): void {
+  Atomics.add(FENCE, 0, 0);
+}
+
 /** How many requests one call of {@link VirtioBlkDevice.processQueue} serves at most by default. */
 export const DEFAULT_BATCH_BUDGET = Number.POSITIVE_INFINITY;
 
@@ -193,7 +199,12 @@ export class VirtioBlkDevice implements VirtioDevice {
           more = queue.enableNotification();
           break;
         }
-        if (!queue.enableNotification()) break;
+        // Re-enable, then look again: the driver may have added a request before it saw
+        // notifications back on (with a full fence between the two, as virtio_mb() does).
+        if (!queue.enableNotification()) {
+          fence();
+          if (queue.pending() === 0) break;
+        }
         queue.disableNotification();
       }
     } catch (e) {
@@ -204,6 +215,7 @@ export class VirtioBlkDevice implements VirtioDevice {
       throw e;
     } finally {
       if (served > 0) this.#stats.batches++;
+      fence(); // used.idx is out before used_event is read
       if (queue.needsNotification()) {
         this.#stats.interrupts++;
         ctx.interrupt.signalQueue(index);

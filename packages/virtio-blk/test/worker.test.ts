@@ -1,0 +1,274 @@
+// The blk I/O worker without KVM: guest RAM from GuestRegion.allocate (native
+// memory every thread maps), a driver in another worker that brings the device
+// up through the DeviceChannel, notifies through the notify eventfd and waits on
+// the irqfd. The main thread stays blocked while thousands of requests complete.
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Worker } from "node:worker_threads";
+import { DeviceChannel, EventFd, GuestMemory, GuestRegion, pollReadable } from "@tskvm/kvm-core";
+import {
+  DeviceStatus,
+  INTERRUPT_QUEUE,
+  InterruptRecorder,
+  PciDriverTransport,
+  VIRTIO_PCI_VENDOR_ID,
+  VirtioDriverSimulator,
+  VirtioPciTransport,
+} from "@tskvm/virtio";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  type BlkIoeventfdEvent,
+  type BlkMsixEvent,
+  ChannelPciFunction,
+  startBlkWorker,
+  VirtioBlkDevice,
+} from "../dist/index.js";
+import { pattern, sameBytes } from "./driver.js";
+
+const DISK_SEED = 11;
+const DISK_SIZE = 8 << 20;
+let dir = "";
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), "virtio-blk-worker-"));
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+let disks = 0;
+const freshDisk = (): string => {
+  const path = join(dir, `disk-${disks++}.img`);
+  writeFileSync(path, pattern(DISK_SIZE, DISK_SEED));
+  return path;
+};
+
+const R = { DONE: 0, COMPLETED: 1, BAD: 2, TIMEOUTS: 3, STOP: 4 } as const;
+const driverUrl = new URL("./fixtures/driver-worker.mjs", import.meta.url);
+
+interface DriverReport {
+  completed: number;
+  bad: number;
+  badDetails: string[];
+  timeouts: number;
+  features: string;
+  capacity: number;
+}
+
+function startDriver(data: Record<string, unknown>): {
+  worker: Worker;
+  result: Int32Array;
+  report: Promise<DriverReport>;
+} {
+  const shared = new SharedArrayBuffer(32);
+  const worker = new Worker(driverUrl, { workerData: { ...data, result: shared } });
+  const report = new Promise<DriverReport>((resolve, reject) => {
+    worker.once("message", resolve);
+    worker.once("error", reject);
+  });
+  return { worker, result: new Int32Array(shared), report };
+}
+
+describe("the blk I/O worker, transport in the worker (pci over a DeviceChannel)", () => {
+  it("serves thousands of requests from a driver worker while the main thread is blocked", async () => {
+    const region = GuestRegion.allocate(0, 48 << 20);
+    const memory = new GuestMemory([region]);
+    const channel = DeviceChannel.create();
+    const ioeventfds: (BlkIoeventfdEvent & { at: number })[] = [];
+    const routes: (BlkMsixEvent & { at: number })[] = [];
+    const bars: { index: number; address: number }[] = [];
+    const handle = startBlkWorker({
+      image: { path: freshDisk(), format: "raw" },
+      memory: memory.describe(),
+      transport: "pci",
+      channel: channel.describe(),
+      device: { serial: "worker-disk", queueSize: 128 },
+      hooks: {
+        ioeventfd: (e) => ioeventfds.push({ ...e, at: Date.now() }),
+        msix: (e) => routes.push({ ...e, at: Date.now() }),
+        barMoved: (index, address) => bars.push({ index, address }),
+      },
+    });
+    const ready = await handle.ready;
+    expect(ready.disk.size).toBe(DISK_SIZE);
+    expect(ready.pci?.bars[0]?.size).toBeGreaterThan(0);
+    expect(handle.configuration.limits.capacity).toBe(DISK_SIZE / 512);
+
+    // The main thread is a channel client too (the worker serves it): Linux's first config read.
+    const fn = new ChannelPciFunction(channel);
+    const id = new Uint8Array(4);
+    fn.readConfig(0, id);
+    expect(new DataView(id.buffer).getUint16(0, true)).toBe(VIRTIO_PCI_VENDOR_ID);
+    expect(new DataView(id.buffer).getUint16(2, true)).toBe(0x1042);
+
+    const count = 3000;
+    const driver = startDriver({
+      mode: "mixed",
+      memory: memory.describe(),
+      channel: channel.describe(),
+      notifyFd: handle.notifyEventFds[0]!.fd,
+      irqfd: handle.irqEventFds[1]!.fd,
+      heap: { address: 0x10_0000, size: 40 << 20 },
+      queueSize: 128,
+      count,
+      depth: 16,
+      seed: 42,
+      diskSeed: DISK_SEED,
+    });
+    // Block this thread synchronously until the driver is done: no event loop, no timers,
+    // no message handling here while the requests go driver → eventfd → blk worker → irqfd.
+    const t0 = Date.now();
+    while (Atomics.load(driver.result, R.DONE) === 0 && Date.now() - t0 < 50_000)
+      Atomics.wait(driver.result, R.DONE, 0, 500);
+    const unblocked = Date.now();
+    expect(Atomics.load(driver.result, R.DONE)).toBe(1);
+    expect(Atomics.load(driver.result, R.COMPLETED)).toBe(count);
+    expect(Atomics.load(driver.result, R.BAD)).toBe(0);
+    expect(handle.completed).toBe(count);
+
+    const report = await driver.report;
+    expect(report.badDetails).toEqual([]);
+    expect(BigInt(`0x${report.features}`) & (1n << 29n)).toBe(1n << 29n); // EVENT_IDX negotiated
+    // The VMM-side hooks (register the ioeventfd, route the MSI-X vectors) only ran once the
+    // main thread was free again: they are not on the request path.
+    expect(ioeventfds.length).toBeGreaterThan(0);
+    expect(ioeventfds[0]).toMatchObject({ action: "register", queue: 0, region: { space: "mmio" } });
+    // The driver placed BAR 0 (as firmware or Linux would); the doorbell is at BAR 0 + 0x3000.
+    const bar0 = bars.filter((b) => b.index === 0).pop()?.address ?? 0;
+    expect(bar0).toBe(0xe000_0000);
+    expect(ioeventfds[0]!.region.address).toBe(bar0 + 0x3000);
+    expect(ioeventfds[0]!.eventFd).toBe(handle.notifyEventFds[0]);
+    expect(routes.map((r) => r.vector).sort()).toEqual([0, 1]);
+    expect(routes.every((r) => r.message !== null && r.irqfd !== undefined)).toBe(true);
+    for (const e of [...ioeventfds, ...routes]) expect(e.at).toBeGreaterThanOrEqual(unblocked);
+
+    const stats = handle.stats();
+    expect(stats.completed).toBe(count);
+    expect(stats.reads + stats.writes).toBe(count);
+    expect(stats.batches).toBeLessThan(count);
+    const exit = await handle.stop();
+    expect(exit.error).toBeUndefined();
+    expect(exit.queues[0]?.state).toMatchObject({
+      nextAvail: count,
+      nextUsed: count,
+      size: 128,
+      eventIdx: true,
+    });
+    await driver.worker.terminate();
+    channel.close();
+    region.release();
+  });
+
+  it("stop() during heavy I/O returns promptly, and the process exits by itself", () => {
+    const child = spawnSync(
+      process.execPath,
+      [new URL("./fixtures/stop-child.mjs", import.meta.url).pathname, freshDisk()],
+      {
+        encoding: "utf8",
+        timeout: 30_000,
+      },
+    );
+    expect(child.stderr).toBe("");
+    expect(child.status).toBe(0);
+    const out = JSON.parse(child.stdout.trim().split("\n").pop() ?? "{}") as {
+      completedBeforeStop: number;
+      stopMs: number;
+      exitMs: number;
+    };
+    expect(out.completedBeforeStop).toBeGreaterThan(100);
+    expect(out.stopMs).toBeLessThan(1000);
+    expect(out.exitMs).toBeLessThan(5000);
+  });
+
+  it("a disk that cannot be opened fails ready with the disk error", async () => {
+    const region = GuestRegion.allocate(0, 1 << 20);
+    const handle = startBlkWorker({
+      image: { path: join(dir, "missing.img") },
+      memory: new GuestMemory([region]).describe(),
+      transport: "pci",
+    });
+    await expect(handle.ready).rejects.toMatchObject({ code: "ENOENT" });
+    const exit = await handle.exited;
+    expect(exit.error?.code).toBe("ENOENT");
+    region.release();
+  });
+});
+
+describe("worker mode: the transport in the main thread, the queues in the I/O worker", () => {
+  it("activate hands the queues over, reset takes them back, MSI-X and INTx interrupts come from the worker", async () => {
+    const region = GuestRegion.allocate(0, 32 << 20);
+    const memory = new GuestMemory([region]);
+    const intx = EventFd.create({ nonBlocking: true });
+    const handle = startBlkWorker({
+      image: { path: freshDisk(), format: "raw" },
+      memory: memory.describe(),
+      transport: "none",
+      intxFd: intx.fd,
+    });
+    await handle.ready;
+    const device = new VirtioBlkDevice({ worker: handle });
+    expect(device.configuration.limits.capacity).toBe(DISK_SIZE / 512);
+    const irq = new InterruptRecorder();
+    const pci = new VirtioPciTransport({ device, memory, msix: irq, intx: irq });
+    const disk = pattern(DISK_SIZE, DISK_SEED);
+    const header = (type: number, sector: number): Uint8Array => {
+      const b = new Uint8Array(16);
+      new DataView(b.buffer).setUint32(0, type, true);
+      new DataView(b.buffer).setBigUint64(8, BigInt(sector), true);
+      return b;
+    };
+
+    for (const useMsix of [true, false]) {
+      const sim = new VirtioDriverSimulator({
+        transport: new PciDriverTransport(pci, { useMsix }),
+        memory,
+        heap: { address: 0x10_0000, size: 16 << 20 },
+      });
+      sim.init({ queueSize: 64 });
+      const q = sim.queue(0);
+      for (let round = 0; round < 20; round++) {
+        const sector = round * 8;
+        const data = pattern(4096, round + (useMsix ? 100 : 200));
+        disk.set(data, sector * 512);
+        q.submit({ readable: [header(1, sector), data], writable: [1] });
+        q.submit({ readable: [header(0, sector)], writable: [4096, 1] });
+        q.kick(); // the doorbell write: transport → device.queueNotify → the notify eventfd
+        const irqfd = handle.irqEventFds[1]!;
+        const fd = useMsix ? irqfd.fd : intx.fd;
+        let used = q.pollUsed();
+        while (used.length < 2) {
+          expect(pollReadable([fd], 5000)[0]).toBe(true);
+          (useMsix ? irqfd : intx).read();
+          used.push(...q.pollUsed());
+        }
+        used = used.slice(0, 2);
+        expect(used.map((u) => u.len)).toEqual([1, 4097]);
+        expect(sameBytes(used[1]!.written.subarray(0, 4096), data)).toBe(true);
+        if (!useMsix) expect(sim.takeInterruptStatus() & INTERRUPT_QUEUE).toBe(INTERRUPT_QUEUE);
+      }
+      // Reset: the worker gives the queues back before reset() returns.
+      sim.reset();
+      expect(device.activated).toBe(false);
+      expect(pci.status).toBe(0);
+    }
+    const stats = handle.stats();
+    expect(stats.completed).toBe(80);
+    expect(stats.ioErrors).toBe(0);
+    // A queue the worker finds broken marks the main thread's transport NEEDS_RESET.
+    const sim = new VirtioDriverSimulator({
+      transport: new PciDriverTransport(pci),
+      memory,
+      heap: { address: 0x10_0000, size: 16 << 20 },
+    });
+    sim.init({ queueSize: 64 });
+    sim.queue(0).setAvailIdx(1000); // avail.idx runs away: fatal for the queue
+    sim.queue(0).kick();
+    const deadline = Date.now() + 5000;
+    while (!(pci.status & DeviceStatus.DEVICE_NEEDS_RESET) && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 5));
+    expect(pci.status & DeviceStatus.DEVICE_NEEDS_RESET).toBe(DeviceStatus.DEVICE_NEEDS_RESET);
+    const exit = await handle.stop();
+    expect(exit.error).toBeUndefined();
+    intx.close();
+    region.release();
+  });
+});
