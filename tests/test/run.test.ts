@@ -1,0 +1,115 @@
+// `tskvm run`: a stock Linux kernel (the default guest kit) boots to its init on
+// the serial console with 1 and 2 vCPUs and the command exits cleanly; the terminal
+// is restored on every way out; bad input gets clear errors and documented codes.
+import { spawnSync } from "node:child_process";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseGuestCommandOutput } from "@tskvm/guest-kit";
+import { parseJsonLines, runInSandbox } from "@tskvm/sandbox";
+import { beforeAll, describe, expect, it } from "vitest";
+import { e2eTarget } from "../src/index.js";
+
+const root = fileURLToPath(new URL("../../", import.meta.url));
+const cli = join(root, "packages/cli/dist/main.js");
+const script = fileURLToPath(new URL("../fixtures/run-scenarios.mjs", import.meta.url));
+const target = e2eTarget();
+
+type R = Record<string, unknown> & { name: string; code?: number; stdout?: string; stderr?: string };
+
+describe("tskvm run on this host", () => {
+  it(
+    target.kind === "sandbox" ? "says plainly that this host's KVM cannot boot Linux" : "finds usable KVM",
+    () => {
+      const r = spawnSync(process.execPath, [cli, "run", "-p", 'tskvm.cmd="true"'], {
+        encoding: "utf8",
+        timeout: 300_000,
+      });
+      if (target.kind === "sandbox") {
+        expect(r.status).toBe(1);
+        expect(r.stderr).toMatch(/KVM|kvm/);
+        expect(r.stderr).toMatch(/will not boot|not available|does not exist|may not open/);
+      } else {
+        expect(r.status).toBe(0);
+      }
+    },
+  );
+});
+
+describe(`tskvm run boots Linux (${target.kind})`, () => {
+  const results = new Map<string, R>();
+  let log = "";
+  beforeAll(async () => {
+    console.log(`e2e target: ${target.kind} — ${target.reason}`);
+    if (target.kind === "host") {
+      const r = spawnSync(process.execPath, [script], { encoding: "utf8", timeout: 20 * 60_000 });
+      log = r.stdout + r.stderr;
+    } else {
+      const r = await runInSandbox(`node ${script}`, { timeoutMs: 20 * 60_000, cwd: root });
+      log = `${r.output}\n(exit ${r.exitCode}, boot ${r.bootMs} ms, run ${r.runMs} ms)`;
+    }
+    for (const res of parseJsonLines<R>(log, "@@RESULT")) results.set(res.name, res);
+  });
+  const get = (name: string): R => {
+    const r = results.get(name);
+    expect(r, `no result for ${name}; output:\n${log.slice(-3000)}`).toBeDefined();
+    if (r && "error" in r) throw new Error(String(r.error));
+    return r as R;
+  };
+
+  it.each([
+    ["boots the default kit with 1 vCPU and runs a command", 1],
+    ["boots the default kit with 2 vCPUs; the guest sees 2 CPUs", 2],
+  ])("%s", (name, cpus) => {
+    const r = get(name);
+    expect(r.code, `${r.stderr}\n${r.stdout}`).toBe(0);
+    const out = parseGuestCommandOutput(String(r.stdout));
+    expect(out, String(r.stdout)).toBeDefined();
+    expect(out?.status).toBe(0);
+    expect(out?.output).toContain(`CPUS=${cpus}`);
+    expect(r.stderr).toMatch(/powered off/);
+    console.log(`${name}: ${r.ms} ms from start to power-off`);
+  });
+
+  it("reports the guest's power-off as 0 whatever the command's status", () => {
+    const r = get("a guest exit status does not change tskvm's (the guest powered off)");
+    expect(parseGuestCommandOutput(String(r.stdout))?.status).toBe(7);
+    expect(r.code).toBe(0);
+  });
+
+  it("a missing kernel is a VMM error (1) that names the file", () => {
+    const r = get("a missing kernel");
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/cannot read the kernel \/nonexistent\/bzImage: no such file/);
+  });
+
+  it.each(["a corrupt kernel", "a truncated kernel"])("%s is refused clearly (1)", (name) => {
+    const r = get(name);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/bzImage|too short|HdrS/);
+  });
+
+  it("bad flags are usage errors (2)", () => {
+    const r = get("bad flags") as R & { codes: number[]; stderr: string[] };
+    expect(r.codes).toEqual([2, 2, 2, 2, 2]);
+    for (const e of r.stderr) expect(e).toMatch(/tskvm run: .+\nRun 'tskvm run --help' for usage\./);
+  });
+
+  it.each([
+    ["SIGTERM", 143],
+    ["SIGINT", 130],
+    ["SIGHUP", 129],
+    ["escape", 130],
+  ])("the terminal is raw while the guest runs and restored after %s (exit %i)", (how, code) => {
+    const r = get(`terminal restored after ${how}`) as R & {
+      seen: boolean;
+      rawWhileRunning: boolean;
+      restored: boolean;
+      exitCode: number;
+      tail: string;
+    };
+    expect(r.seen, r.tail).toBe(true);
+    expect(r.rawWhileRunning).toBe(true);
+    expect(r.restored).toBe(true);
+    expect(r.exitCode).toBe(code);
+  });
+});
