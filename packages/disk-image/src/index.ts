@@ -7,6 +7,7 @@ export { createQcow2, imageInfo } from "./info.js";
 export type { OpenDiskImageOptions } from "./open.js";
 export { MAX_BACKING_DEPTH, openDiskImage, openQcow2, probeFormat } from "./open.js";
 export type { CreateQcow2Options } from "./qcow2/create.js";
+export type { FeatureName, HeaderExtension, Qcow2Header } from "./qcow2/format.js";
 export type { Qcow2CacheOptions } from "./qcow2/image.js";
 export { Qcow2DiskImage } from "./qcow2/image.js";
 export type { Qcow2OpenOptions } from "./qcow2/open.js";

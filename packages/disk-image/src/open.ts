@@ -18,8 +18,10 @@ export interface OpenDiskImageOptions extends Qcow2CacheOptions {
   /** Take image locks (shared ones on backing files). Default true. */
   lock?: boolean;
   /**
-   * Snapshot disk: the image is opened read-only and writes go to a temporary
-   * qcow2 overlay in $TMPDIR that is unlinked at once and disappears on close.
+   * Snapshot disk: the image is opened read-only (shared lock) and writes go
+   * to a temporary qcow2 overlay in $TMPDIR that is unlinked at once, so it
+   * disappears on close (or when the process dies). With `readOnly` as well,
+   * the image is simply opened read-only.
    */
   snapshot?: boolean;
 }
@@ -148,7 +150,8 @@ function openSnapshot(path: string, options: OpenDiskImageOptions): DiskImage {
  * or a guest could make its disk look like a qcow2 image with a backing file.
  */
 export function openDiskImage(path: string, options: OpenDiskImageOptions = {}): DiskImage {
-  if (options.snapshot) return openSnapshot(path, options);
+  // A read-only snapshot disk is just a read-only disk.
+  if (options.snapshot && !options.readOnly) return openSnapshot(path, options);
   if (options.format !== undefined) checkFormatOption(options.format, path);
   let real: string;
   try {

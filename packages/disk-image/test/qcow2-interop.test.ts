@@ -368,6 +368,27 @@ describe("qcow2: createQcow2 and imageInfo", () => {
     expectCode(() => createQcow2(p("x.qcow2"), 1 << 20, { backing: "nope.raw" }), "ENOENT");
   });
 
+  it("reuses clusters freed earlier in the session instead of growing the file", () => {
+    const img = p("reuse.qcow2");
+    createQcow2(img, 64 << 20);
+    const d = openDiskImage(img) as Qcow2DiskImage;
+    const data = new Uint8Array(8 << 20).fill(0x42);
+    d.write(0, data);
+    d.flush();
+    const end = d.allocatedEnd;
+    d.discard(0, 8 << 20);
+    d.flush(); // the frees become durable here
+    d.write(32 << 20, data.fill(0x43));
+    d.flush();
+    expect(d.allocatedEnd).toBe(end);
+    d.close();
+    expectClean(img);
+    qemuIoRead(img, [
+      [0, 0, 8 << 20],
+      [0x43, 32 << 20, 8 << 20],
+    ]);
+  });
+
   it("grows the refcount table and blocks (512-byte clusters, 40 MiB of writes)", () => {
     const img = p("grow.qcow2");
     createQcow2(img, 64 << 20, { clusterSize: 512 });

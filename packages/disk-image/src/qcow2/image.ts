@@ -76,8 +76,8 @@ function hostOffsetOf(hi: number, lo: number): number {
  * metadata pointing at unwritten data or a referenced cluster with refcount 0:
  * data and refcount increments → sync → refcount table entries → sync → L2
  * tables → sync → L1 entries → sync → refcount decrements (frees) → sync.
- * Freed clusters are punched out of the file but not reused in the session;
- * new clusters are always appended.
+ * Freed clusters are punched out of the file and reused for new allocations
+ * later in the session; otherwise new clusters are appended.
  */
 export class Qcow2DiskImage extends DiskImageBase {
   readonly format = "qcow2" as const;
@@ -111,6 +111,12 @@ export class Qcow2DiskImage extends DiskImageBase {
   private readonly metadata = new Set<number>();
   /** Host clusters to decrement once the L2/L1 tables no longer pointing at them are durable. */
   private readonly pendingFrees = new Map<number, number>();
+  /**
+   * Clusters freed in this session (descending, so pop() gives the lowest),
+   * reused before the file grows. Free space the image had before it was
+   * opened is left alone.
+   */
+  private reusable: number[] = [];
   private allocEnd: number;
   private readonly initialLimit: number;
   private unsynced = false;
@@ -645,9 +651,17 @@ export class Qcow2DiskImage extends DiskImageBase {
     return t;
   }
 
-  /** Allocates one host cluster at the end of the file (refcount 1) and returns its index. */
+  /** Allocates one host cluster (refcount 1), reusing one freed this session or appending, and returns its index. */
   private allocCluster(): number {
     const E = this.refEntries;
+    while (this.reusable.length > 0) {
+      const c = this.reusable.pop()!;
+      const k = Math.floor(c / E);
+      const t = this.refBlock(k);
+      if (!t || this.metadata.has(c) || this.getRef(t, c - k * E) !== 0) continue;
+      this.setRef(t, c - k * E, 1);
+      return c;
+    }
     for (let guard = 0; guard < 4 * E + 64; guard++) {
       const c = this.allocEnd;
       const k = Math.floor(c / E);
@@ -1052,6 +1066,8 @@ export class Qcow2DiskImage extends DiskImageBase {
         this.pendingFrees.clear();
         for (const t of [...this.refCache.dirty]) this.writeTable(this.refCache, t);
         for (const c of punch) this.punch(c * cs, cs);
+        // No durable table points at these any more: they may hold new data.
+        if (punch.length > 0) this.reusable = this.reusable.concat(punch).sort((a, b) => b - a);
       }
     } finally {
       this.inWriteback = false;
