@@ -246,6 +246,8 @@ export interface RigOptions extends BlkDeviceOptions {
   /** Features the driver accepts (default: all offered). */
   features?: bigint;
   memory?: GuestMemoryAccess;
+  /** Simulator heap size (from 0x10000). Default 16 MiB - 128 KiB. */
+  heapSize?: number;
   /** Wrap the opened image (e.g. to inject disk errors). */
   wrapImage?: (image: DiskImage) => DiskImage;
 }
@@ -259,7 +261,15 @@ export function blkRig(options: RigOptions = {}) {
   writeFileSync(path, initial);
   const opened = openDiskImage(path, { format: "raw", readOnly: options.readOnly ?? false });
   const image = options.wrapImage ? options.wrapImage(opened) : opened;
-  const { diskSize: _d, readOnly: _r, features, memory: m, wrapImage: _w, ...deviceOptions } = options;
+  const {
+    diskSize: _d,
+    readOnly: _r,
+    features,
+    memory: m,
+    wrapImage: _w,
+    heapSize,
+    ...deviceOptions
+  } = options;
   const device = new VirtioBlkDevice({ image, ...deviceOptions });
   const memory = m ?? new PlainGuestMemory([{ address: 0, size: 16 << 20 }]);
   const irq = new InterruptRecorder();
@@ -267,7 +277,7 @@ export function blkRig(options: RigOptions = {}) {
   const sim = new VirtioDriverSimulator({
     transport: new PciDriverTransport(pci),
     memory,
-    heap: { address: 0x10000, size: (16 << 20) - 0x20000 },
+    heap: { address: 0x10000, size: heapSize ?? (16 << 20) - 0x20000 },
   });
   const negotiated = sim.init(features !== undefined ? { features } : {});
   const driver = new BlkTestDriver(sim.queue(0), memory, sim.allocator);
