@@ -509,6 +509,30 @@ describe("qcow2: features, flags and refusals", () => {
     s.close();
   });
 
+  it("an L2 table not marked as owned (no COPIED in L1) is copied before it is changed", () => {
+    const img = p("l2cow.qcow2");
+    createQcow2(img, 8 << 20, { clusterSize: 4096 });
+    run("qemu-io", ["-c", "write -P 0x21 0 64k", img]);
+    const bytes = readFileSync(img);
+    const l1 = Number(bytes.readBigUInt64BE(40));
+    bytes[l1] = bytes[l1]! & 0x7f; // clear COPIED on L1 entry 0
+    writeFileSync(img, bytes);
+    const d = openDiskImage(img, { l2CacheSize: 4096 * 4 });
+    d.write(100, new Uint8Array(10).fill(0x22)); // in place: the data cluster is still ours alone
+    d.write(64 << 10, new Uint8Array(4096).fill(0x23)); // needs an L2 entry: the table is copied first
+    d.flush(); // the old table is freed here ...
+    d.write(4 << 20, new Uint8Array(4096 * 3).fill(0x24)); // ... and its cluster reused
+    d.close();
+    expectClean(img);
+    qemuIoRead(img, [
+      [0x21, 0, 100],
+      [0x22, 100, 10],
+      [0x21, 110, (64 << 10) - 110],
+      [0x23, 64 << 10, 4096],
+      [0x24, 4 << 20, 4096 * 3],
+    ]);
+  });
+
   it("qcow version 1 and other versions are refused", () => {
     const img = p("v1.qcow");
     qemuImg("create", "-f", "qcow", img, "1M");

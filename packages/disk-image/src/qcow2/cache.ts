@@ -78,6 +78,12 @@ export class TableCache {
     this.dirty.delete(t);
   }
 
+  /** Drops the table at `offset`, if cached (its cluster was freed). */
+  forget(offset: number): void {
+    const t = this.tables.get(offset);
+    if (t) this.evict(t);
+  }
+
   clear(): void {
     this.tables.clear();
     this.dirty.clear();

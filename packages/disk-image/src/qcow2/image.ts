@@ -1061,6 +1061,7 @@ export class Qcow2DiskImage extends DiskImageBase {
           if (next === 0) {
             punch.push(c);
             this.metadata.delete(c);
+            this.l2Cache.forget(c * cs); // a copied-away L2 table must not linger in the cache
           }
         }
         this.pendingFrees.clear();
