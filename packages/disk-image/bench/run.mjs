@@ -57,6 +57,11 @@ function best(n, f) {
   return b;
 }
 
+/** Flushes everything dirty (untimed) so a row does not pay for the previous one's writeback. */
+function settle() {
+  spawnSync("sync");
+}
+
 function timed(op) {
   const t0 = process.hrtime.bigint();
   op();
@@ -94,6 +99,7 @@ function benchFd(label, read, write) {
         for (let o = 0; o < SIZE; o += MiB) read(fd, [buf1m], o);
       }),
   );
+  settle();
   const wr = timed(() => {
     for (let o = 0; o < SIZE; o += MiB) write(fd, [buf1m], o);
     fdatasyncSync(fd);
@@ -120,6 +126,7 @@ function benchImage(label, path, format, writePath) {
     img.close();
     target = openDiskImage(writePath, { format });
   }
+  settle();
   const wr = timed(() => {
     for (let o = 0; o < SIZE; o += MiB) target.write(o, buf1m);
     target.flush();
