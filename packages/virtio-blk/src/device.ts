@@ -159,6 +159,17 @@ export class VirtioBlkDevice implements VirtioDevice {
     this.processQueue(index);
   }
 
+  /** Requests made available on queue `index` and not yet taken (0 when inactive or broken). */
+  pendingRequests(index: number): number {
+    const active = this.#ctx?.queues.find((q) => q.index === index);
+    if (!active || active.queue.broken) return 0;
+    try {
+      return active.queue.pending();
+    } catch {
+      return 1; // let processQueue meet the error and report it
+    }
+  }
+
   /**
    * Inline mode: serves the available requests of queue `index` — every one,
    * or at most `budget` — with notifications suppressed while it works and

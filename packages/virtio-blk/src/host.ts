@@ -94,6 +94,11 @@ export interface StartBlkWorkerOptions {
   pollTimeoutMs?: number;
   /** Requests served per queue before the worker looks at its control / channel fds again. Default 64. */
   budget?: number;
+  /**
+   * After serving requests, the worker keeps looking at the rings for this long (µs) before it
+   * sleeps in poll, so a busy driver's next requests cost no wake-up. 0 turns it off. Default 50.
+   */
+  spinUs?: number;
   /** Timeout of synchronous commands (activate, reset, stats) in ms. Default 10000. */
   commandTimeoutMs?: number;
 }
@@ -168,6 +173,7 @@ export class BlkWorkerHandle implements BlkRemoteBackend {
       control: { shared, fd: this.#control.fd, port: port2 },
       pollTimeoutMs: options.pollTimeoutMs ?? 500,
       budget: options.budget ?? 64,
+      spinUs: options.spinUs ?? 50,
     };
     this.worker = new Worker(new URL("./worker.js", import.meta.url), {
       workerData: data,

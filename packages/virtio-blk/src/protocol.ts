@@ -64,6 +64,7 @@ export interface BlkWorkerData {
   control: { shared: SharedArrayBuffer; fd: number; port: MessagePort };
   pollTimeoutMs: number;
   budget: number;
+  spinUs: number;
 }
 
 /** Int32 slots of the control block. */
