@@ -12,6 +12,7 @@ import {
   DeviceStatus,
   INTERRUPT_QUEUE,
   InterruptRecorder,
+  MmioDriverTransport,
   PciDriverTransport,
   VIRTIO_PCI_VENDOR_ID,
   VirtioDriverSimulator,
@@ -19,9 +20,10 @@ import {
 } from "@tskvm/virtio";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
+  BLK_PCI_HANDLER_MODULE,
   type BlkIoeventfdEvent,
   type BlkMsixEvent,
-  ChannelPciFunction,
+  ChannelMmioWindow,
   startBlkWorker,
   VirtioBlkDevice,
 } from "../dist/index.js";
@@ -93,8 +95,12 @@ describe("the blk I/O worker, transport in the worker (pci over a DeviceChannel)
     expect(ready.pci?.bars[0]?.size).toBeGreaterThan(0);
     expect(handle.configuration.limits.capacity).toBe(DISK_SIZE / 512);
 
-    // The main thread is a channel client too (the worker serves it): Linux's first config read.
-    const fn = new ChannelPciFunction(channel);
+    // The main thread is a channel client too (the worker serves it), through the handler module
+    // machine-x86's vCPU workers load: Linux's first config read.
+    const { createPciDevice } = (await import(
+      BLK_PCI_HANDLER_MODULE
+    )) as typeof import("../dist/pci-handler.js");
+    const fn = createPciDevice({ data: { channel: channel.describe() } });
     const id = new Uint8Array(4);
     fn.readConfig(0, id);
     expect(new DataView(id.buffer).getUint16(0, true)).toBe(VIRTIO_PCI_VENDOR_ID);
@@ -269,6 +275,63 @@ describe("worker mode: the transport in the main thread, the queues in the I/O w
     const exit = await handle.stop();
     expect(exit.error).toBeUndefined();
     intx.close();
+    region.release();
+  });
+});
+
+describe("the blk I/O worker with virtio-mmio", () => {
+  it("serves the mmio registers over the channel; the line irqfd is raised again on resample while unacknowledged", async () => {
+    const region = GuestRegion.allocate(0, 16 << 20);
+    const memory = new GuestMemory([region]);
+    const channel = DeviceChannel.create();
+    const line = EventFd.create({ nonBlocking: true });
+    const resample = EventFd.create({ nonBlocking: true });
+    const regions: BlkIoeventfdEvent[] = [];
+    const handle = startBlkWorker({
+      image: { path: freshDisk(), format: "raw" },
+      memory: memory.describe(),
+      transport: "mmio",
+      mmioBase: 0xd000_0000,
+      channel: channel.describe(),
+      intxFd: line.fd,
+      resampleFd: resample.fd,
+      hooks: { ioeventfd: (e) => regions.push(e) },
+    });
+    await handle.ready;
+    expect(handle.irqEventFds).toHaveLength(0);
+    const transport = new MmioDriverTransport(new ChannelMmioWindow(channel));
+    const sim = new VirtioDriverSimulator({ transport, memory, heap: { address: 0x10_0000, size: 8 << 20 } });
+    sim.init({ queueSize: 32 });
+    transport.notify = () => handle.notifyEventFds[0]!.write(1);
+    const q = sim.queue(0);
+    const hdr = new Uint8Array(16);
+    new DataView(hdr.buffer).setBigUint64(8, 3n, true);
+    q.submit({ readable: [hdr], writable: [512, 1] });
+    q.kick();
+    expect(pollReadable([line.fd], 5000)[0]).toBe(true);
+    line.read();
+    const [u] = q.pollUsed();
+    expect(u?.len).toBe(513);
+    expect(
+      sameBytes(u!.written.subarray(0, 512), pattern(DISK_SIZE, DISK_SEED).subarray(3 * 512, 4 * 512)),
+    ).toBe(true);
+    // Not acknowledged yet: KVM's EOI resample asks again, the worker raises the line again.
+    resample.write(1);
+    expect(pollReadable([line.fd], 5000)[0]).toBe(true);
+    line.read();
+    expect(sim.takeInterruptStatus() & INTERRUPT_QUEUE).toBe(INTERRUPT_QUEUE);
+    resample.write(1);
+    expect(pollReadable([line.fd], 300)[0]).toBe(false);
+    await new Promise((r) => setTimeout(r, 10));
+    expect(regions[0]).toMatchObject({
+      action: "register",
+      queue: 0,
+      region: { address: 0xd000_0050, datamatch: 0 },
+    });
+    await handle.stop();
+    line.close();
+    resample.close();
+    channel.close();
     region.release();
   });
 });
