@@ -10,7 +10,7 @@ const [kernel, initrd, runsArg] = process.argv.slice(2);
 const runs = Number(runsArg ?? 3);
 const root = fileURLToPath(new URL("../../", import.meta.url));
 const cli = join(root, "packages/cli/dist/main.js");
-const cmd = "tskvm.cmd64=" + Buffer.from("true").toString("base64");
+const cmd = `tskvm.cmd64=${Buffer.from("true").toString("base64")}`;
 
 function timeBoot(argv) {
   return new Promise((resolve) => {
