@@ -21,11 +21,11 @@ import {
 /** struct virtio_blk_req's header, as the driver wrote it. */
 export interface BlockRequestHeader {
   /** `type` (VIRTIO_BLK_T_*). */
-  type: number;
+  readonly type: number;
   /** `reserved` (formerly ioprio); ignored. */
-  reserved: number;
+  readonly reserved: number;
   /** `sector`, the full unsigned 64-bit value. */
-  sector: bigint;
+  readonly sector: bigint;
 }
 
 /** One validated discard / write-zeroes range. */
@@ -238,6 +238,25 @@ export class BlockRequestError extends Error {
 }
 
 const TWO_32 = 0x1_0000_0000;
+/** Scratch for the header: one copy out of guest RAM per request, no allocation. */
+const HEADER_BYTES = new Uint8Array(BLK_HEADER_SIZE);
+const HEADER = new DataView(HEADER_BYTES.buffer);
+
+class Header implements BlockRequestHeader {
+  readonly type: number;
+  readonly reserved: number;
+  readonly #lo: number;
+  readonly #hi: number;
+  constructor(type: number, reserved: number, lo: number, hi: number) {
+    this.type = type;
+    this.reserved = reserved;
+    this.#lo = lo;
+    this.#hi = hi;
+  }
+  get sector(): bigint {
+    return (BigInt(this.#hi) << 32n) | BigInt(this.#lo);
+  }
+}
 /** Sectors at or above 2^53 / 512 can never be inside a disk whose size is a safe integer. */
 const HIGH_LIMIT = 2 ** (53 - 32);
 
@@ -277,11 +296,12 @@ export function parseBlockRequest(chain: DescriptorChain, limits: BlkLimits): Bl
     fail({ kind: "HeaderTooShort", length: readable });
   }
   const reader = chain.reader();
-  const type = reader.readU32();
-  const reserved = reader.readU32();
-  const lo = reader.readU32();
-  const hi = reader.readU32();
-  const header: BlockRequestHeader = { type, reserved, sector: (BigInt(hi) << 32n) | BigInt(lo) };
+  reader.readInto(HEADER_BYTES);
+  const type = HEADER.getUint32(0, true);
+  const reserved = HEADER.getUint32(4, true);
+  const lo = HEADER.getUint32(8, true);
+  const hi = HEADER.getUint32(12, true);
+  const header: BlockRequestHeader = new Header(type, reserved, lo, hi);
   const readData = readable - BLK_HEADER_SIZE;
   const writeData = chain.writableLength - 1;
   const s = status as Uint8Array;
