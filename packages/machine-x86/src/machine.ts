@@ -169,6 +169,7 @@ export class Machine {
   #vcpus: Vcpu[] = [];
   #handlerData: VcpuHandlerData | undefined;
   #ending: Promise<MachineExit> | undefined;
+  #starting: Promise<void> | undefined;
 
   constructor(options: MachineOptions) {
     this.#options = options;
@@ -226,16 +227,22 @@ export class Machine {
   }
 
   /** Builds the VM and starts one worker per vCPU; resolves once they all run. */
-  async start(): Promise<void> {
+  start(): Promise<void> {
     if (this.#state !== "created")
-      throw new Error(`the machine was already ${this.#state === "ended" ? "run" : "started"}`);
+      return Promise.reject(
+        new Error(`the machine was already ${this.#state === "ended" ? "run" : "started"}`),
+      );
     this.#state = "starting";
+    this.#starting = this.#start();
+    return this.#starting;
+  }
+
+  async #start(): Promise<void> {
     try {
       this.#build();
       await this.#startThreads();
     } catch (e) {
-      this.#state = "ending";
-      await this.#teardown({ reason: "error", detail: (e as Error).message });
+      await this.#end("error", (e as Error).message);
       throw e;
     }
     if (this.#state !== "starting") return; // it ended while starting
@@ -248,10 +255,8 @@ export class Machine {
 
   /** Stops the vCPUs (if running) and resolves with how the machine ended. */
   async stop(): Promise<MachineExit> {
-    if (this.#state === "created") {
-      this.#state = "ending";
-      return this.#teardown({ reason: "stopped" });
-    }
+    // Let a start in progress finish first, so no vCPU thread is left behind.
+    if (this.#starting) await this.#starting.catch(() => {});
     return this.#end("stopped");
   }
 

@@ -297,8 +297,9 @@ export async function createExitHandler(ctx: VcpuWorkerContext<VcpuHandlerData>)
         probeHalt();
         break;
       case "hlt":
-        // Only without an in-kernel LAPIC; a halt with interrupts off is final.
-        if ((vcpu.getRegs().rflags & RFLAGS_IF) === 0n)
+        // Only without an in-kernel LAPIC (the machine always makes one): on a uniprocessor
+        // a halt with interrupts off is final; with more vCPUs the halt probe decides.
+        if (d.cpus === 1 && (vcpu.getRegs().rflags & RFLAGS_IF) === 0n)
           return { stop: "poweroff", detail: `${where()} halted with interrupts disabled` };
         break;
       case "shutdown":

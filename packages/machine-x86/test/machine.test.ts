@@ -114,6 +114,15 @@ describe("tiny guests on /dev/kvm", () => {
     await expect(m.start()).rejects.toThrow(/already run/);
   });
 
+  it("stops cleanly when stopped while starting", async () => {
+    const m = tiny(SPIN_GUEST, { cpus: 2 });
+    const started = m.start();
+    const exit = await m.stop();
+    await started;
+    expect(exit.reason).toBe("stopped");
+    expect(exit.vcpus.map((v) => v.id).sort()).toEqual([0, 1]);
+  });
+
   it("ends 'stopped' when stopped before it started", async () => {
     const m = tiny(SPIN_GUEST);
     expect((await m.stop()).reason).toBe("stopped");
