@@ -129,6 +129,9 @@ describe("the blk I/O worker, transport in the worker (pci over a DeviceChannel)
     expect(Atomics.load(driver.result, R.DONE)).toBe(1);
     expect(Atomics.load(driver.result, R.COMPLETED)).toBe(count);
     expect(Atomics.load(driver.result, R.BAD)).toBe(0);
+    // The worker adds a batch to its shared counter once the batch is over (the driver may see
+    // the last completions a moment before).
+    for (let i = 0; i < 100 && handle.completed < count; i++) Atomics.wait(driver.result, R.DONE, 1, 10);
     expect(handle.completed).toBe(count);
 
     const report = await driver.report;
