@@ -33,7 +33,15 @@ async function inProcess(args: string[]) {
 
 describe("tskvm dispatcher", () => {
   it("has one table of exit codes", () => {
-    expect(ExitCode).toEqual({ ok: 0, error: 1, usage: 2 });
+    expect(ExitCode).toEqual({
+      ok: 0,
+      error: 1,
+      usage: 2,
+      guestCrash: 3,
+      sigint: 130,
+      sigterm: 143,
+      sighup: 129,
+    });
   });
 
   it("is an executable node script", () => {

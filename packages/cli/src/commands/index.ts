@@ -1,5 +1,6 @@
 import type { CommandGroup } from "../command.js";
 import { guest } from "./guest.js";
+import { image } from "./image.js";
 import { run } from "./run.js";
 
 /**
@@ -12,5 +13,6 @@ export const rootCommand: CommandGroup = {
   commands: {
     run,
     guest,
+    image,
   },
 };
