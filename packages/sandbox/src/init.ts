@@ -62,6 +62,9 @@ $B mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose ${HO
 for d in proc sys dev tmp run; do
   [ -d $R/$d ] || die "the host root has no /$d"
 done
+# A plain view of the host root, to bring back host paths that the tmpfs mounts below hide.
+$B mkdir -p /hostview
+$B mount -o bind $R /hostview || die "bind the host root"
 $B mount -t proc proc $R/proc || die "mount proc"
 $B mount -t sysfs sysfs $R/sys || die "mount sysfs"
 $B mount -t devtmpfs devtmpfs $R/dev || die "mount devtmpfs"
@@ -74,6 +77,13 @@ $B ln -sf /proc/self/fd/1 $R/dev/stdout
 $B ln -sf /proc/self/fd/2 $R/dev/stderr
 $B mount -t tmpfs -o mode=1777 tmpfs $R/tmp || die "mount /tmp"
 $B mount -t tmpfs -o mode=755 tmpfs $R/run || die "mount /run"
+# Host folders under /tmp or /run the caller needs (e.g. a checkout in /tmp), read-only as the rest.
+if [ -f /sandbox/keep ]; then
+  while read -r k; do
+    [ -n "$k" ] && [ -d "/hostview$k" ] || continue
+    $B mkdir -p "$R$k" && $B mount -o bind "/hostview$k" "$R$k" || die "keep $k"
+  done < /sandbox/keep
+fi
 W=$R${SANDBOX_WORK}
 $B mkdir -p $W $R${SANDBOX_RUN_DIR}
 $B mount -t tmpfs -o mode=1777 sandbox-work $W || die "mount the work dir"

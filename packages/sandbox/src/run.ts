@@ -6,9 +6,10 @@ import { dirname, join, posix } from "node:path";
 import { performance } from "node:perf_hooks";
 import type { Readable } from "node:stream";
 import { StringDecoder } from "node:string_decoder";
+import { fileURLToPath } from "node:url";
 import { type CpioEntry, writeInitramfs } from "@tskvm/guest-kit";
 import { prepareSandboxImage, type SandboxImage } from "./image.js";
-import { HOSTROOT_TAG, SANDBOX_WORK } from "./init.js";
+import { HOSTROOT_TAG, SANDBOX_RUN_DIR, SANDBOX_WORK } from "./init.js";
 
 /** A file for {@link SandboxOptions.extraFiles}: its contents, or contents and a mode (default 0644). */
 export type SandboxFile = string | Uint8Array | { data: string | Uint8Array; mode?: number };
@@ -44,6 +45,8 @@ export interface SandboxOptions {
   env?: Record<string, string>;
   /** Working directory of the script, a path inside the sandbox. Default `$SANDBOX_WORK`. */
   cwd?: string;
+  /** Host folders under /tmp or /run to keep visible (read-only); the cwd and this checkout always are. */
+  keepHostPaths?: readonly string[];
   /**
    * Files to put in `$SANDBOX_WORK` before the script starts, by relative path (subdirectories
    * are created). They travel in the initramfs, so keep them to a few tens of MiB.
@@ -237,6 +240,24 @@ function fileData(f: SandboxFile): { data: Uint8Array; mode: number } {
  * The per-run cpio members: `/sandbox/{script,env,cwd,work/...}` (the nonce is added per attempt).
  * Validates the script and options, so that mistakes fail before anything boots.
  */
+/**
+ * Host folders the sandbox's own tmpfs mounts (/tmp, /run) would hide but the run needs:
+ * the caller's cwd, `options.cwd`, this checkout (CI may clone into /tmp) and `keepHostPaths`.
+ */
+function hiddenHostPaths(options: SandboxOptions): string[] {
+  const checkout = fileURLToPath(new URL("../../../", import.meta.url)).replace(/\/$/, "");
+  const wanted = [process.cwd(), options.cwd, checkout, ...(options.keepHostPaths ?? [])];
+  const hidden = wanted.filter(
+    (p): p is string =>
+      typeof p === "string" &&
+      /^\/(tmp|run)\/./.test(p) &&
+      !p.includes("\n") &&
+      !p.startsWith(SANDBOX_WORK) &&
+      !p.startsWith(SANDBOX_RUN_DIR),
+  );
+  return [...new Set(hidden)];
+}
+
 function runEntries(script: string, options: SandboxOptions): CpioEntry[] {
   if (script.includes("\0")) throw new RangeError("the script contains a NUL byte");
   if (Buffer.byteLength(script) > MAX_SCRIPT_BYTES) {
@@ -277,6 +298,7 @@ function runEntries(script: string, options: SandboxOptions): CpioEntry[] {
     { type: "file", path: "sandbox/script", data: Buffer.from(script) },
     { type: "file", path: "sandbox/env", data: Buffer.from(envLines.join("")) },
     { type: "file", path: "sandbox/cwd", data: Buffer.from(cwd) },
+    { type: "file", path: "sandbox/keep", data: Buffer.from(hiddenHostPaths(options).join("\n")) },
     { type: "directory", path: "sandbox/work" },
   ];
   const dirs = new Set<string>();
