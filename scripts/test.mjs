@@ -13,10 +13,14 @@ const reports = dirs.map((d) => join(d, "test-results.json"));
 for (const r of reports) rmSync(r, { force: true });
 
 const filter = process.argv.slice(2);
-const turbo = spawnSync("pnpm", ["exec", "turbo", "run", "test", "--concurrency=1", "--continue", ...filter], {
-  stdio: "inherit",
-  cwd: root,
-});
+const turbo = spawnSync(
+  "pnpm",
+  ["exec", "turbo", "run", "test", "--concurrency=1", "--continue", ...filter],
+  {
+    stdio: "inherit",
+    cwd: root,
+  },
+);
 
 let passed = 0;
 let failed = 0;
