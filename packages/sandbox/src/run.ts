@@ -255,7 +255,8 @@ function hiddenHostPaths(options: SandboxOptions): string[] {
       !p.startsWith(SANDBOX_WORK) &&
       !p.startsWith(SANDBOX_RUN_DIR),
   );
-  return [...new Set(hidden)];
+  // Parents first, so a folder mounted later is not hidden by its parent.
+  return [...new Set(hidden)].sort((a, b) => a.length - b.length);
 }
 
 function runEntries(script: string, options: SandboxOptions): CpioEntry[] {
@@ -298,7 +299,15 @@ function runEntries(script: string, options: SandboxOptions): CpioEntry[] {
     { type: "file", path: "sandbox/script", data: Buffer.from(script) },
     { type: "file", path: "sandbox/env", data: Buffer.from(envLines.join("")) },
     { type: "file", path: "sandbox/cwd", data: Buffer.from(cwd) },
-    { type: "file", path: "sandbox/keep", data: Buffer.from(hiddenHostPaths(options).join("\n")) },
+    {
+      type: "file",
+      path: "sandbox/keep",
+      data: Buffer.from(
+        hiddenHostPaths(options)
+          .map((p) => `${p}\n`)
+          .join(""),
+      ),
+    },
     { type: "directory", path: "sandbox/work" },
   ];
   const dirs = new Set<string>();
