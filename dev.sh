@@ -44,6 +44,14 @@ setup_node() {
 case "${1:-}" in
   setup) setup_system; setup_node ;;
   test) setup_system; setup_node; pnpm test ;;
-  run) setup_system; setup_node; shift; pnpm --silent tskvm run "$@" ;;
+  run)
+    setup_system; setup_node; shift
+    # Where this host's KVM cannot boot Linux (none, or emulated as with PVM), say so and
+    # boot the guest in the nested-KVM sandbox instead.
+    if node scripts/kvm-can-boot-linux.mjs; then
+      pnpm --silent tskvm run "$@"
+    else
+      node scripts/run-in-sandbox.mjs "$@"
+    fi ;;
   *) sed -n '2,6p' "$0"; exit 2 ;;
 esac
