@@ -8,9 +8,17 @@ export const Ctl = {
   INPUT_WAITING: 1,
   /** 1 once the machine is ending: workers stop waiting for the console to drain. */
   ENDING: 2,
-  /** Halt-probe answers, one slot per vCPU from here. */
+  /** Halt-probe answers from here, {@link PROBE_STRIDE} slots per vCPU (see {@link ProbeSlot}). */
   HALT_BASE: 16,
 } as const;
+
+/** Per-vCPU probe slots: this round's answer, and the last state and rip seen (for diagnostics). */
+export const ProbeSlot = { STATUS: 0, LAST_STATUS: 1, RIP_LO: 2, RIP_HI: 3 } as const;
+export const PROBE_STRIDE = 4;
+
+export function probeSlot(vcpuId: number, slot: number): number {
+  return Ctl.HALT_BASE + vcpuId * PROBE_STRIDE + slot;
+}
 
 /** What a vCPU reports when kicked by the halt probe. */
 export const HaltStatus = {
@@ -24,7 +32,7 @@ export const HaltStatus = {
 } as const;
 
 export function controlBlock(cpus: number): Int32Array {
-  return new Int32Array(new SharedArrayBuffer((Ctl.HALT_BASE + cpus) * 4));
+  return new Int32Array(new SharedArrayBuffer((Ctl.HALT_BASE + cpus * PROBE_STRIDE) * 4));
 }
 
 /**
@@ -37,6 +45,17 @@ export function allHalted(statuses: readonly number[]): boolean {
     statuses.some((s) => s === HaltStatus.HALTED_IF0) &&
     statuses.every((s) => s === HaltStatus.HALTED_IF0 || s === HaltStatus.WAITING_SIPI)
   );
+}
+
+const STATUS_NAMES: Record<number, string> = {
+  [HaltStatus.RUNNING]: "running",
+  [HaltStatus.HALTED_IF1]: "halted",
+  [HaltStatus.HALTED_IF0]: "halted with interrupts off",
+  [HaltStatus.WAITING_SIPI]: "waiting for INIT/SIPI",
+};
+
+export function haltStatusName(status: number): string | undefined {
+  return STATUS_NAMES[status];
 }
 
 /** Messages workers post to the main thread. */

@@ -30,7 +30,16 @@ import { bootRegs, buildGdt, longModeSregs } from "./boot/long-mode.js";
 import { buildMpTable, MP_MAX_CPUS } from "./boot/mptable.js";
 import { buildIdentityPageTables } from "./boot/page-tables.js";
 import { ConsoleWatch } from "./console.js";
-import { allHalted, Ctl, controlBlock, HaltStatus, type WorkerMessage } from "./control.js";
+import {
+  allHalted,
+  Ctl,
+  controlBlock,
+  HaltStatus,
+  haltStatusName,
+  ProbeSlot,
+  probeSlot,
+  type WorkerMessage,
+} from "./control.js";
 import { Cmos } from "./devices/cmos.js";
 import { I8042, I8042_AUX_IRQ, I8042_KBD_IRQ } from "./devices/i8042.js";
 import { PciBus, type PciDeviceInfo, type PciDeviceSpec } from "./devices/pci.js";
@@ -70,8 +79,11 @@ export interface MachineExit {
   reason: MachineExitReason;
   /** What ended it, e.g. "i8042 reset (command 0xfe to port 0x64)" or the kernel's panic line. */
   detail?: string;
-  /** VM exits each vCPU handled. */
-  vcpus: { id: number; exits: number }[];
+  /**
+   * VM exits each vCPU handled, and its state and rip when the halt probe last looked
+   * (a few times a second): where a hung guest was.
+   */
+  vcpus: { id: number; exits: number; state?: string; rip?: string }[];
   /** Ports and MMIO addresses the guest touched that nothing answers (first few). */
   unhandledIo: string[];
 }
@@ -102,6 +114,8 @@ const DEFAULT_HALT_PROBE_MS = 250;
 /** Consecutive halt-probe rounds that must see every vCPU halted with IF=0. */
 const HALT_ROUNDS = 2;
 const TX_RING_BYTES = 1 << 16;
+/** How long console output may sit in the ring before the main thread looks again. */
+const TX_BATCH_MS = 4;
 
 function load(what: string, v: string | Uint8Array): Uint8Array {
   if (typeof v !== "string") return v;
@@ -165,7 +179,9 @@ export class Machine {
   #serial: Serial | undefined;
   #probeTimer: NodeJS.Timeout | undefined;
   #inputTimer: NodeJS.Timeout | undefined;
+  #txTimer: NodeJS.Timeout | undefined;
   #haltRounds = 0;
+  #haltRips = "";
   #vcpus: Vcpu[] = [];
   #handlerData: VcpuHandlerData | undefined;
   #ending: Promise<MachineExit> | undefined;
@@ -392,8 +408,14 @@ export class Machine {
   #onMessage(m: WorkerMessage): void {
     switch (m.type) {
       case "tx":
-        Atomics.store(this.#control, Ctl.TX_NOTIFY, 0);
+        // Drain now, but leave the flag set for a few ms so that a guest printing byte
+        // by byte costs its vCPU one postMessage per batch, not per byte.
         this.#drainOutput();
+        this.#txTimer ??= setTimeout(() => {
+          this.#txTimer = undefined;
+          Atomics.store(this.#control, Ctl.TX_NOTIFY, 0);
+          this.#drainOutput();
+        }, TX_BATCH_MS);
         break;
       case "rx":
         this.#pumpInput();
@@ -452,15 +474,21 @@ export class Machine {
   #probeHalt(): void {
     if (this.#state !== "running") return;
     const statuses = Array.from({ length: this.cpus }, (_, i) =>
-      Atomics.load(this.#control, Ctl.HALT_BASE + i),
+      Atomics.load(this.#control, probeSlot(i, ProbeSlot.STATUS)),
     );
-    if (allHalted(statuses)) this.#haltRounds++;
+    // Halted for good means halted at the same place in consecutive rounds.
+    const rips = Array.from({ length: this.cpus }, (_, i) =>
+      [ProbeSlot.RIP_LO, ProbeSlot.RIP_HI].map((s) => Atomics.load(this.#control, probeSlot(i, s))).join(":"),
+    ).join(",");
+    if (allHalted(statuses)) this.#haltRounds = rips === this.#haltRips ? this.#haltRounds + 1 : 1;
     else this.#haltRounds = 0;
+    this.#haltRips = rips;
     if (this.#haltRounds >= HALT_ROUNDS) {
       void this.#end("poweroff", "every vCPU halted with interrupts disabled");
       return;
     }
-    for (let i = 0; i < this.cpus; i++) Atomics.store(this.#control, Ctl.HALT_BASE + i, HaltStatus.UNKNOWN);
+    for (let i = 0; i < this.cpus; i++)
+      Atomics.store(this.#control, probeSlot(i, ProbeSlot.STATUS), HaltStatus.UNKNOWN);
     for (const t of this.#threads) t.kick();
   }
 
@@ -469,6 +497,18 @@ export class Machine {
     if (r.reason === "handler")
       void this.#end(r.stop as MachineExitReason, typeof r.detail === "string" ? r.detail : undefined);
     else if (r.reason === "error") void this.#end("error", `vCPU ${r.vcpuId}: ${r.error}`);
+  }
+
+  /** Exits handled, and what the halt probe last saw of the vCPU (for a guest that hung). */
+  #vcpuReport(r: VcpuThreadResult): MachineExit["vcpus"][number] {
+    const c = this.#control;
+    const state = haltStatusName(Atomics.load(c, probeSlot(r.vcpuId, ProbeSlot.LAST_STATUS)));
+    const rip =
+      (BigInt(Atomics.load(c, probeSlot(r.vcpuId, ProbeSlot.RIP_HI)) >>> 0) << 32n) |
+      BigInt(Atomics.load(c, probeSlot(r.vcpuId, ProbeSlot.RIP_LO)) >>> 0);
+    return state === undefined
+      ? { id: r.vcpuId, exits: r.exits }
+      : { id: r.vcpuId, exits: r.exits, state, ...(rip ? { rip: `0x${rip.toString(16)}` } : {}) };
   }
 
   /** Ends the run once, with the first reason that came in. */
@@ -484,6 +524,7 @@ export class Machine {
     Atomics.store(this.#control, Ctl.ENDING, 1);
     if (this.#probeTimer) clearInterval(this.#probeTimer);
     if (this.#inputTimer) clearTimeout(this.#inputTimer);
+    if (this.#txTimer) clearTimeout(this.#txTimer);
     const results = await Promise.all(this.#threads.map((t) => t.stop()));
     for (const r of results) this.#results[r.vcpuId] ??= r;
     this.#drainOutput();
@@ -505,7 +546,7 @@ export class Machine {
     const exit: MachineExit = {
       reason,
       ...(detail !== undefined ? { detail } : {}),
-      vcpus: this.#results.filter(Boolean).map((r) => ({ id: r.vcpuId, exits: r.exits })),
+      vcpus: this.#results.filter(Boolean).map((r) => this.#vcpuReport(r)),
       unhandledIo: [...this.#unhandled],
     };
     this.#resolveExit(exit);

@@ -6,12 +6,12 @@ import {
   type ExitAction,
   type ExitHandler,
   type GuestMemory,
-  MpState,
   type VcpuExit,
   type VcpuWorkerContext,
 } from "@tskvm/kvm-core";
+import { classifyHalt } from "./arch/halt.js";
 import { RFLAGS_IF } from "./boot/long-mode.js";
-import { Ctl, HaltStatus, type WorkerMessage } from "./control.js";
+import { Ctl, ProbeSlot, probeSlot, type WorkerMessage } from "./control.js";
 import { Bus, type BusDevice, getLe, setLe } from "./devices/bus.js";
 import { CMOS_PORT, Cmos, type CmosState } from "./devices/cmos.js";
 import { I8042, I8042_COMMAND_PORT, I8042_DATA_PORT, type I8042State } from "./devices/i8042.js";
@@ -242,14 +242,13 @@ export async function createExitHandler(ctx: VcpuWorkerContext<VcpuHandlerData>)
     post({ type: "unhandled", space, direction, address, size });
   };
 
-  const haltSlot = Ctl.HALT_BASE + vcpu.id;
   const probeHalt = () => {
-    const mp = vcpu.getMpState();
-    let status: number = HaltStatus.RUNNING;
-    if (mp === MpState.HALTED)
-      status = vcpu.getRegs().rflags & RFLAGS_IF ? HaltStatus.HALTED_IF1 : HaltStatus.HALTED_IF0;
-    else if (mp === MpState.UNINITIALIZED || mp === MpState.INIT_RECEIVED) status = HaltStatus.WAITING_SIPI;
-    Atomics.store(control, haltSlot, status);
+    const regs = vcpu.getRegs();
+    const status = classifyHalt(regs, vcpu.getSregs(), ctx.memory);
+    Atomics.store(control, probeSlot(vcpu.id, ProbeSlot.RIP_LO), Number(regs.rip & 0xffffffffn) | 0);
+    Atomics.store(control, probeSlot(vcpu.id, ProbeSlot.RIP_HI), Number(regs.rip >> 32n) | 0);
+    Atomics.store(control, probeSlot(vcpu.id, ProbeSlot.LAST_STATUS), status);
+    Atomics.store(control, probeSlot(vcpu.id, ProbeSlot.STATUS), status);
   };
 
   const where = () => {

@@ -77,6 +77,9 @@ describe(`Linux on machine-x86 (${where})`, () => {
         },
       });
       raw = r.output;
+      // The sandbox kernel's own complaints (its KVM), if any, help explain a failure here.
+      const hostWarnings = r.console.split("\n").filter((l) => /WARNING:|BUG:|kvm.*(error|fail)/i.test(l));
+      if (hostWarnings.length) console.log(`sandbox kernel:\n${hostWarnings.slice(0, 20).join("\n")}`);
       console.log(`sandbox: boot ${r.bootMs} ms, scenarios ${r.runMs} ms, exit code ${r.exitCode}`);
       if (r.exitCode !== 0) console.log(r.console.slice(-3000));
     }

@@ -63,6 +63,16 @@ describe("identity page tables", () => {
     expect(pd0.getBigUint64(8, true)).toBe(0x200083n);
   });
 
+  it("walk five levels when CR4.LA57 is on", () => {
+    const pml4 = buildIdentityPageTables(0x10000);
+    const all = new Uint8Array(4096 + pml4.bytes.length);
+    new DataView(all.buffer).setBigUint64(0, 0x10000n | 3n, true); // PML5[0] -> PML4
+    all.set(pml4.bytes, 4096);
+    const r = memoryWith(0xf000, all);
+    expect(translate(r, 0xf000, 0x1234_5678n, 5)).toBe(0x1234_5678n);
+    expect(translate(r, 0xf000, 1n << 48n, 5)).toBeUndefined();
+  });
+
   it("can cover more than 4 GiB", () => {
     const big = buildIdentityPageTables(0x10000, 8 * GiB);
     const r = memoryWith(0x10000, big.bytes);

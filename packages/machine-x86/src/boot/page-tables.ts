@@ -42,24 +42,27 @@ export function buildIdentityPageTables(base: number, bytes = 4 * GiB): PageTabl
 }
 
 /**
- * Translates `virt` through 4-level tables at `cr3` like the MMU does (4 KiB, 2 MiB
- * and 1 GiB pages); undefined when some level is not present.
+ * Translates `virt` through 4-level (or, with `levels` 5, LA57) tables at `cr3` like
+ * the MMU does (4 KiB, 2 MiB and 1 GiB pages); undefined when some level is not present.
  */
 export function translate(
   readU64: (address: number) => bigint,
-  cr3: number,
+  cr3: number | bigint,
   virt: bigint,
+  levels: 4 | 5 = 4,
 ): bigint | undefined {
   const ADDR = 0x000f_ffff_ffff_f000n;
   let table = BigInt(cr3) & ADDR;
-  const shifts = [39n, 30n, 21n, 12n];
-  for (let level = 0; level < 4; level++) {
-    const shift = shifts[level]!;
+  const shifts = levels === 5 ? [48n, 39n, 30n, 21n, 12n] : [39n, 30n, 21n, 12n];
+  for (let i = 0; i < shifts.length; i++) {
+    const shift = shifts[i]!;
     const index = (virt >> shift) & 0x1ffn;
     const entry = readU64(Number(table + index * 8n));
     if ((entry & PageFlag.PRESENT) === 0n) return undefined;
-    const large = (entry & PageFlag.PAGE_SIZE) !== 0n;
-    if (level === 3 || (large && (level === 1 || level === 2))) {
+    const last = i === shifts.length - 1;
+    // PS means a leaf in the PDPT (1 GiB) and the page directory (2 MiB).
+    const large = (entry & PageFlag.PAGE_SIZE) !== 0n && (shift === 30n || shift === 21n);
+    if (last || large) {
       const pageMask = (1n << shift) - 1n;
       return (entry & ADDR & ~pageMask) | (virt & pageMask);
     }
