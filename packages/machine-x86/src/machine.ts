@@ -4,11 +4,20 @@
 import { existsSync, readFileSync } from "node:fs";
 import { Readable, Writable } from "node:stream";
 import { fileURLToPath, pathToFileURL } from "node:url";
-import { EventFd, Kvm, type Vcpu, VcpuThread, type VcpuThreadResult, type Vm } from "@tskvm/kvm-core";
+import {
+  type CpuidEntry,
+  EventFd,
+  Kvm,
+  type Vcpu,
+  VcpuThread,
+  type VcpuThreadResult,
+  type Vm,
+} from "@tskvm/kvm-core";
 import { checkAcceleration } from "./accel.js";
 import { buildCpuid, findCpuid } from "./arch/cpuid.js";
 import { setupVcpu } from "./arch/vcpu-setup.js";
 import {
+  BootError,
   buildBootParams,
   encodeCmdline,
   type InitrdPlacement,
@@ -207,7 +216,7 @@ export class Machine {
     const end = kernelEnd(this.kernel, Addr.KERNEL);
     const ramTop = Math.min(memBytes, PCI_HOLE_START);
     if (end > ramTop)
-      throw new Error(
+      throw new BootError(
         `not enough memory: the kernel needs memory up to 0x${end.toString(16)} (init_size ${Math.ceil(this.kernel.initSize / MiB)} MiB); give the machine at least ${Math.ceil(end / MiB) + 16} MiB`,
       );
     const initrd = this.#initrd ? placeInitrd(this.kernel, memBytes, this.#initrd.length, end) : undefined;
@@ -296,7 +305,8 @@ export class Machine {
     vm.createPit2({ speakerDummy: true });
     const memBytes = this.memMiB * MiB;
     for (const r of ramRanges(memBytes)) vm.addMemory({ guestAddress: r.address, size: r.size });
-    this.#loadGuest(vm, kvm);
+    const supported = kvm.supportedCpuid();
+    this.#loadGuest(vm, supported);
 
     // ISA interrupts through irqfds: any thread raises them with an eventfd write.
     const serialIrq = EventFd.create();
@@ -310,7 +320,6 @@ export class Machine {
     this.pci.seal();
     for (const a of this.#attach) a.attach(vm, a.info);
 
-    const supported = kvm.supportedCpuid();
     const msrs = kvm.msrIndexList();
     for (let id = 0; id < this.cpus; id++) {
       const vcpu = vm.createVcpu(id);
@@ -347,7 +356,7 @@ export class Machine {
   }
 
   /** Writes everything the kernel finds at boot: itself, boot_params, command line, initrd, tables. */
-  #loadGuest(vm: Vm, kvm: Kvm): void {
+  #loadGuest(vm: Vm, supportedCpuid: readonly CpuidEntry[]): void {
     const mem = vm.memory;
     const memBytes = this.memMiB * MiB;
     mem.write(Addr.KERNEL, this.kernel.kernel);
@@ -366,7 +375,7 @@ export class Machine {
     // The BIOS data area words the kernel reads to find and reserve the EBDA.
     mem.writeU16(Addr.BDA_EBDA_SEGMENT, Addr.EBDA >> 4);
     mem.writeU16(Addr.BDA_BASE_MEMORY_KB, Addr.LOW_RAM_END >> 10);
-    const leaf1 = findCpuid(kvm.supportedCpuid(), 1);
+    const leaf1 = findCpuid(supportedCpuid, 1);
     const mp = buildMpTable({
       cpus: this.cpus,
       pciIrqs: this.pci.devices

@@ -21,6 +21,8 @@ interface Result {
   sawTyped: boolean;
   warnings: string[];
   consoleTail: string;
+  /** Set when the first boot ended the wrong way and the scenario was run again. */
+  firstAttempt?: { exit: MachineExit; ms: number; consoleTail: string };
 }
 
 const forced = process.env.TSKVM_E2E_TARGET;
@@ -83,7 +85,13 @@ describe(`Linux on machine-x86 (${where})`, () => {
       console.log(`sandbox: boot ${r.bootMs} ms, scenarios ${r.runMs} ms, exit code ${r.exitCode}`);
       if (r.exitCode !== 0) console.log(r.console.slice(-3000));
     }
-    for (const r of parseJsonLines<Result>(raw, "@@RESULT")) results.set(r.name, r);
+    for (const r of parseJsonLines<Result>(raw, "@@RESULT")) {
+      results.set(r.name, r);
+      if (r.firstAttempt)
+        console.warn(
+          `${r.name}: RETRIED after a first boot that ended ${JSON.stringify(r.firstAttempt.exit)}\n${r.firstAttempt.consoleTail}`,
+        );
+    }
     for (const r of results.values())
       console.log(
         `${r.name}: ${r.exit?.reason ?? r.error} in ${r.ms} ms; /init reached after ${r.initMs} ms (kernel clock ${r.kernelInitS} s)`,
