@@ -181,7 +181,10 @@ export class Vcpu {
     this.#set("KVM_SET_LAPIC", Ioctl.KVM_SET_LAPIC, state);
   }
 
-  /** KVM_GET_MP_STATE; see {@link MpState}. */
+  /**
+   * KVM_GET_MP_STATE; see {@link MpState}. Beware: the kernel processes a pending
+   * INIT/SIPI here, outside KVM_RUN; do not poll it on a running SMP guest.
+   */
   getMpState(): number {
     return new DataView(this.#get("KVM_GET_MP_STATE", Ioctl.KVM_GET_MP_STATE, 4).buffer).getUint32(0, true);
   }
