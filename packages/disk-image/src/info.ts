@@ -1,7 +1,7 @@
-import { closeSync, fstatSync, realpathSync } from "node:fs";
+import { closeSync, fstatSync } from "node:fs";
 import type { DiskImageFormat } from "./disk-image.js";
-import { DiskImageError, wrapSystemError } from "./errors.js";
-import { MAX_BACKING_DEPTH, probeFormat } from "./open.js";
+import { DiskImageError } from "./errors.js";
+import { nextInChain, probeFormat } from "./open.js";
 import { type CreateQcow2Options, writeQcow2 } from "./qcow2/create.js";
 import {
   COMPAT_LAZY_REFCOUNTS,
@@ -73,21 +73,7 @@ export function imageInfo(path: string, options: ImageInfoOptions = {}): ImageIn
 }
 
 function describe(path: string, options: ImageInfoOptions, chain: string[], depth: number): ImageInfo {
-  if (depth > MAX_BACKING_DEPTH)
-    throw new DiskImageError("CORRUPT", `the backing chain is deeper than ${MAX_BACKING_DEPTH} images`, {
-      path,
-    });
-  let real: string;
-  try {
-    real = realpathSync(path);
-  } catch (e) {
-    throw wrapSystemError(e, "open", path);
-  }
-  if (chain.includes(real))
-    throw new DiskImageError("CORRUPT", "the backing chain loops back to an image already in it", {
-      path,
-      hint: `chain: ${[...chain, real].join(" -> ")}`,
-    });
+  const real = nextInChain(path, chain, depth);
   const format = options.format ?? probeFormat(path);
   const file = openImageFile(path, { readOnly: true, lock: false });
   let info: ImageInfo;

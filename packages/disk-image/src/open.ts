@@ -61,24 +61,33 @@ function checkFormat(format: string, path: string): DiskImageFormat {
   });
 }
 
+/**
+ * One step down a backing chain: the image's real path, after refusing a chain
+ * deeper than {@link MAX_BACKING_DEPTH} or one that loops back on itself.
+ */
+export function nextInChain(path: string, chain: readonly string[], depth: number): string {
+  if (depth > MAX_BACKING_DEPTH)
+    throw new DiskImageError("CORRUPT", `the backing chain is deeper than ${MAX_BACKING_DEPTH} images`, {
+      path,
+    });
+  let real: string;
+  try {
+    real = realpathSync(path);
+  } catch (e) {
+    throw wrapSystemError(e, "open", path);
+  }
+  if (chain.includes(real))
+    throw new DiskImageError("CORRUPT", "the backing chain loops back to an image already in it", {
+      path,
+      hint: `chain: ${[...chain, real].join(" -> ")}`,
+    });
+  return real;
+}
+
 function backingOpener(options: OpenDiskImageOptions, chain: string[]): BackingOpener {
   return {
     open(path, format, depth) {
-      if (depth > MAX_BACKING_DEPTH)
-        throw new DiskImageError("CORRUPT", `the backing chain is deeper than ${MAX_BACKING_DEPTH} images`, {
-          path,
-        });
-      let real: string;
-      try {
-        real = realpathSync(path);
-      } catch (e) {
-        throw wrapSystemError(e, "open", path);
-      }
-      if (chain.includes(real))
-        throw new DiskImageError("CORRUPT", "the backing chain loops back to an image already in it", {
-          path,
-          hint: `chain: ${[...chain, real].join(" -> ")}`,
-        });
+      const real = nextInChain(path, chain, depth);
       return openChained(
         path,
         {
