@@ -1,26 +1,14 @@
-// `pnpm bench` (tests): boot-to-init time of `tskvm run` beside QEMU with KVM, same
-// kernel and initrd, in the same run — in the sandbox when this host's KVM cannot
-// boot Linux. Prints a table.
-import { spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { buildGuestKit } from "@tskvm/guest-kit";
-import { parseJsonLines, runInSandbox } from "@tskvm/sandbox";
-import { e2eTarget } from "../dist/index.js";
+import { e2eTarget, runOnTarget } from "../dist/index.js";
 
 const runs = Number(process.env.TSKVM_BENCH_RUNS ?? 3);
 const target = e2eTarget();
 const kit = await buildGuestKit();
 const script = fileURLToPath(new URL("./boot-in-guest.mjs", import.meta.url));
-let out;
-if (target.kind === "host") {
-  out = spawnSync(process.execPath, [script, kit.kernel, kit.initrd, String(runs)], {
-    encoding: "utf8",
-  }).stdout;
-} else {
-  out = (await runInSandbox(`node ${script} ${kit.kernel} ${kit.initrd} ${runs}`, { timeoutMs: 30 * 60_000 }))
-    .output;
-}
-const rows = parseJsonLines(out, "@@RESULT");
+const { results: rows } = await runOnTarget(script, [kit.kernel, kit.initrd, String(runs)], {
+  timeoutMs: 30 * 60_000,
+});
 const med = (xs) => {
   const s = xs.filter((x) => typeof x === "number").sort((a, b) => a - b);
   return s.length ? s[Math.floor(s.length / 2)] : NaN;

@@ -1,4 +1,6 @@
+import { spawnSync } from "node:child_process";
 import { type AccelerationProbe, probeAcceleration } from "@tskvm/kvm-core";
+import { parseJsonLines, runInSandbox } from "@tskvm/sandbox";
 
 /** Where an end-to-end case that boots Linux runs. */
 export interface E2eTarget {
@@ -22,4 +24,41 @@ export function e2eTarget(): E2eTarget {
   const reason = forced ? `forced by TSKVM_E2E_TARGET=${forced}` : probe.summary;
   cached = { kind, probe, reason };
   return cached;
+}
+
+/** What {@link runOnTarget} brings back: the `@@RESULT` lines, and the raw output for failure messages. */
+export interface TargetRun<T> {
+  results: T[];
+  log: string;
+}
+
+/**
+ * Runs `node script ...args` where Linux can boot ({@link e2eTarget}): directly on a
+ * host with hardware KVM, else in one sandbox boot. Returns the script's
+ * `@@RESULT {json}` lines. Bounded by `timeoutMs` either way.
+ */
+export async function runOnTarget<T>(
+  script: string,
+  args: readonly string[] = [],
+  options: { timeoutMs?: number; cwd?: string } = {},
+): Promise<TargetRun<T>> {
+  const timeoutMs = options.timeoutMs ?? 10 * 60_000;
+  const target = e2eTarget();
+  let log: string;
+  if (target.kind === "host") {
+    const r = spawnSync(process.execPath, [script, ...args], {
+      encoding: "utf8",
+      timeout: timeoutMs,
+      ...(options.cwd ? { cwd: options.cwd } : {}),
+    });
+    log = r.stdout + r.stderr;
+  } else {
+    const quote = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
+    const r = await runInSandbox(["node", script, ...args].map(quote).join(" "), {
+      timeoutMs,
+      ...(options.cwd ? { cwd: options.cwd } : {}),
+    });
+    log = `${r.output}\n(exit ${r.exitCode}, boot ${r.bootMs} ms, run ${r.runMs} ms)`;
+  }
+  return { results: parseJsonLines<T>(log, "@@RESULT"), log };
 }

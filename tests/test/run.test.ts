@@ -5,9 +5,8 @@ import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseGuestCommandOutput } from "@tskvm/guest-kit";
-import { parseJsonLines, runInSandbox } from "@tskvm/sandbox";
 import { beforeAll, describe, expect, it } from "vitest";
-import { e2eTarget } from "../src/index.js";
+import { e2eTarget, runOnTarget } from "../src/index.js";
 
 const root = fileURLToPath(new URL("../../", import.meta.url));
 const cli = join(root, "packages/cli/dist/main.js");
@@ -40,14 +39,9 @@ describe(`tskvm run boots Linux (${target.kind})`, () => {
   let log = "";
   beforeAll(async () => {
     console.log(`e2e target: ${target.kind} — ${target.reason}`);
-    if (target.kind === "host") {
-      const r = spawnSync(process.execPath, [script], { encoding: "utf8", timeout: 20 * 60_000 });
-      log = r.stdout + r.stderr;
-    } else {
-      const r = await runInSandbox(`node ${script}`, { timeoutMs: 20 * 60_000, cwd: root });
-      log = `${r.output}\n(exit ${r.exitCode}, boot ${r.bootMs} ms, run ${r.runMs} ms)`;
-    }
-    for (const res of parseJsonLines<R>(log, "@@RESULT")) results.set(res.name, res);
+    const run = await runOnTarget<R>(script, [], { timeoutMs: 20 * 60_000, cwd: root });
+    log = run.log;
+    for (const res of run.results) results.set(res.name, res);
   });
   const get = (name: string): R => {
     const r = results.get(name);
