@@ -60,6 +60,7 @@ export {
   type PciBarSpec,
   PciBus,
   type PciCapabilitySpec,
+  type PciConfigHandler,
   PciConfigPorts,
   PciConfigSpaces,
   type PciDeviceInfo,
@@ -69,15 +70,18 @@ export {
 } from "./devices/pci.js";
 export { COM1, Serial, type SerialOptions, type SerialState, UartReg } from "./devices/serial.js";
 export { ByteRing, SharedMutex } from "./devices/shared.js";
+export { defaultIrqchipRoutes, FIRST_MSI_GSI, GsiRouter, type GsiRoutingSink } from "./irq-routing.js";
 export {
   type BootLayout,
   createMachine,
   Machine,
   type MachineConsole,
+  type MachineDeviceContext,
   type MachineExit,
   type MachineExitReason,
   type MachineOptions,
   type MachinePciDevice,
+  type MachinePciDeviceFactory,
 } from "./machine.js";
 export type {
   CreatePciDevice,

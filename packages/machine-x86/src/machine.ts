@@ -54,6 +54,7 @@ import { I8042, I8042_AUX_IRQ, I8042_KBD_IRQ } from "./devices/i8042.js";
 import { PciBus, type PciDeviceInfo, type PciDeviceSpec } from "./devices/pci.js";
 import { COM1, Serial } from "./devices/serial.js";
 import { ByteRing } from "./devices/shared.js";
+import { GsiRouter } from "./irq-routing.js";
 import type { VcpuHandlerData } from "./vcpu-handler.js";
 
 export interface MachineOptions {
@@ -73,14 +74,33 @@ export interface MachineOptions {
   allowEmulated?: boolean;
   /** How often to look for all vCPUs halted with interrupts off (the end of a `poweroff`), in ms. Default 250. */
   haltProbeMs?: number;
-  /** PCI devices to put on bus 0 (more can be added with `machine.pci` before start). */
-  devices?: readonly MachinePciDevice[];
+  /**
+   * PCI devices to put on bus 0: ready specs, or factories the machine calls once
+   * the VM and guest RAM exist (a device whose I/O thread works on guest memory).
+   */
+  devices?: readonly (MachinePciDevice | MachinePciDeviceFactory)[];
 }
 
-/** A PCI device plus an optional hook run in the main thread once the VM exists, before any vCPU runs. */
+/** A PCI device plus hooks run in the main thread. */
 export interface MachinePciDevice extends PciDeviceSpec {
+  /** Once the VM exists and the device has its slot, BARs and GSI, before any vCPU runs. */
   attach?: (vm: Vm, info: PciDeviceInfo) => void;
+  /** When the machine ends, after the vCPUs stopped and before the VM closes (stop I/O threads here). */
+  detach?: () => void | Promise<void>;
 }
+
+/** What a device factory gets: the VM (its memory for I/O threads) and the machine's interrupt routing. */
+export interface MachineDeviceContext {
+  vm: Vm;
+  /** The machine's GSI routing table: allocate a GSI per MSI vector and point it at messages. */
+  irq: GsiRouter;
+  /** Ends the machine with reason "error" (e.g. the device's I/O thread died). */
+  fail(detail: string): void;
+}
+
+export type MachinePciDeviceFactory = (
+  ctx: MachineDeviceContext,
+) => MachinePciDevice | Promise<MachinePciDevice>;
 
 export type MachineExitReason = "poweroff" | "reboot" | "triple-fault" | "crash" | "stopped" | "error";
 
@@ -163,6 +183,8 @@ export class Machine {
   readonly kernel: BzImage;
   readonly layout: BootLayout;
   readonly pci = new PciBus();
+  /** GSI routes: KVM's irqchip defaults plus the MSI routes devices set. */
+  readonly irq = new GsiRouter();
   readonly console: MachineConsole;
   readonly exited: Promise<MachineExit>;
 
@@ -170,6 +192,8 @@ export class Machine {
   readonly #initrd: Uint8Array | undefined;
   readonly #cmdlineBytes: Uint8Array;
   readonly #attach: { attach: NonNullable<MachinePciDevice["attach"]>; info: PciDeviceInfo }[] = [];
+  readonly #factories: MachinePciDeviceFactory[] = [];
+  readonly #detach: NonNullable<MachinePciDevice["detach"]>[] = [];
   readonly #control: Int32Array;
   readonly #tx = ByteRing.create(TX_RING_BYTES);
   readonly #serialState = Serial.createState();
@@ -232,8 +256,8 @@ export class Machine {
       pageTables: Addr.PAGE_TABLES,
     };
     for (const dev of options.devices ?? []) {
-      const info = this.pci.register(dev);
-      if (dev.attach) this.#attach.push({ attach: dev.attach, info });
+      if (typeof dev === "function") this.#factories.push(dev);
+      else this.#addDevice(dev);
     }
     this.#control = controlBlock(cpus);
 
@@ -264,7 +288,7 @@ export class Machine {
 
   async #start(): Promise<void> {
     try {
-      this.#build();
+      await this.#build();
       await this.#startThreads();
     } catch (e) {
       await this.#end("error", (e as Error).message);
@@ -290,7 +314,13 @@ export class Machine {
     return this.#vm;
   }
 
-  #build(): void {
+  #addDevice(dev: MachinePciDevice): void {
+    if (dev.detach) this.#detach.push(dev.detach);
+    const info = this.pci.register(dev);
+    if (dev.attach) this.#attach.push({ attach: dev.attach, info });
+  }
+
+  async #build(): Promise<void> {
     const kvm = Kvm.open();
     this.#kvm = kvm;
     const limits = kvm.vcpuLimits();
@@ -305,6 +335,17 @@ export class Machine {
     vm.createPit2({ speakerDummy: true });
     const memBytes = this.memMiB * MiB;
     for (const r of ramRanges(memBytes)) vm.addMemory({ guestAddress: r.address, size: r.size });
+    this.irq.attach((routes) => vm.setGsiRouting(routes));
+    const ctx: MachineDeviceContext = {
+      vm,
+      irq: this.irq,
+      fail: (detail) => void this.#end("error", detail),
+    };
+    for (const make of this.#factories) {
+      this.#addDevice(await make(ctx));
+      if (this.#state !== "starting")
+        throw new Error("the machine was stopped while its devices were created");
+    }
     const supported = kvm.supportedCpuid();
     this.#loadGuest(vm, supported);
 
@@ -350,6 +391,7 @@ export class Machine {
           handler: spec.handler
             ? { module: moduleHref(spec.handler.module), data: spec.handler.data }
             : undefined,
+          ...(spec.configFromHandler !== undefined ? { configFromHandler: spec.configFromHandler } : {}),
         })),
       },
     };
@@ -546,6 +588,15 @@ export class Machine {
     }
     if (reason === "poweroff" && this.#watch.rebootLine)
       detail = `${this.#watch.rebootLine} (${detail ?? "halted"})`;
+    // Devices' I/O threads use guest RAM and the VM's eventfds: stop them first.
+    for (const detach of this.#detach.reverse()) {
+      try {
+        await detach();
+      } catch (e) {
+        detail ??= `a device failed to stop: ${(e as Error).message}`;
+      }
+    }
+    this.irq.attach(undefined);
     for (const e of this.#eventFds) e.close();
     this.#vm?.close();
     this.#kvm?.close();

@@ -34,7 +34,14 @@ export interface VcpuHandlerData {
   serial: { port: number; state: SerialState; irqFd: number; txRing: SharedArrayBuffer };
   i8042: { state: I8042State; kbdIrqFd: number; auxIrqFd: number };
   cmos: CmosState;
-  pci: { state: PciState; devices: { info: PciDeviceInfo; handler?: { module: string; data: unknown } }[] };
+  pci: {
+    state: PciState;
+    devices: {
+      info: PciDeviceInfo;
+      handler?: { module: string; data: unknown };
+      configFromHandler?: number;
+    }[];
+  };
 }
 
 /** What a PCI device module's `createPciDevice` receives, in each vCPU worker. */
@@ -46,10 +53,16 @@ export interface PciDeviceWorkerContext {
   config: PciConfigSpaces;
 }
 
-/** Serves guest accesses to one device's BARs. `bar` is the BAR index, `offset` relative to it. */
+/**
+ * Serves guest accesses to one device's BARs (`bar` is the BAR index, `offset`
+ * relative to it), and its configuration space from `configFromHandler` up when
+ * the device asked for that.
+ */
 export interface PciDeviceHandler {
   read(bar: number, offset: number, data: Uint8Array): void;
   write(bar: number, offset: number, data: Uint8Array): void;
+  readConfig?(offset: number, data: Uint8Array): void;
+  writeConfig?(offset: number, data: Uint8Array): void;
 }
 
 export type CreatePciDevice = (ctx: PciDeviceWorkerContext) => PciDeviceHandler | Promise<PciDeviceHandler>;
@@ -206,6 +219,17 @@ export async function createExitHandler(ctx: VcpuWorkerContext<VcpuHandlerData>)
       config: pciSpaces,
     });
     pciDevices.push({ info: dev.info, bars: dev.info.bars, handler });
+    if (dev.configFromHandler !== undefined) {
+      const { readConfig, writeConfig } = handler;
+      if (typeof readConfig !== "function" || typeof writeConfig !== "function")
+        throw new Error(
+          `${dev.handler.module}: the device serves its configuration space, but its handler has no readConfig/writeConfig`,
+        );
+      pciPorts.delegate(dev.info.slot, dev.configFromHandler, {
+        readConfig: (o, data) => readConfig.call(handler, o, data),
+        writeConfig: (o, data) => writeConfig.call(handler, o, data),
+      });
+    }
   }
   let barGeneration = -1;
   const refreshBars = () => {

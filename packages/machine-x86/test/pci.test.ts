@@ -216,3 +216,67 @@ describe("PCI devices", () => {
     expect(() => b.register({ vendorId: 1, deviceId: 1, classCode: 0 })).toThrow(/before the machine starts/);
   });
 });
+
+describe("configuration space served by the device's handler", () => {
+  function delegated() {
+    const t = bus();
+    const info = t.b.register({
+      vendorId: 0x1af4,
+      deviceId: 0x1042,
+      classCode: 0x018000,
+      bars: [{ index: 0, size: 0x4000, kind: "mmio64" }],
+      handler: { module: "file:///nonexistent.js" },
+      configFromHandler: 0x40,
+    });
+    const device = new Uint8Array(256);
+    device.set([0x11, 0x00, 0xaa, 0xbb], 0x40);
+    const writes: { offset: number; bytes: number[] }[] = [];
+    t.ports.delegate(info.slot, 0x40, {
+      readConfig: (o, data) => data.set(device.subarray(o, o + data.length)),
+      writeConfig: (o, data) => {
+        writes.push({ offset: o, bytes: [...data] });
+        device.set(data, o);
+      },
+    });
+    return { ...t, info, writes, device };
+  }
+
+  it("points the capability list at the handler's part and reads it from the handler", () => {
+    const { read, info } = delegated();
+    expect(read(info.slot, PciReg.STATUS, 2) & 0x10).toBe(0x10);
+    expect(read(info.slot, PciReg.CAPABILITY_LIST, 1)).toBe(0x40);
+    expect(read(info.slot, 0x40, 4)).toBe(0xbbaa0011);
+    expect(read(info.slot, 0x42, 2)).toBe(0xbbaa);
+    expect(read(info.slot, PciReg.VENDOR_ID, 2)).toBe(0x1af4);
+  });
+
+  it("keeps the header and copies header writes to the handler", () => {
+    const { read, write, info, writes } = delegated();
+    write(info.slot, PciReg.BAR0, 0xffffffff);
+    expect(read(info.slot, PciReg.BAR0) >>> 0).toBe(0xffffc004);
+    write(info.slot, PciReg.BAR0, 0xd0000000);
+    write(info.slot, PciReg.COMMAND, 0x6, 2);
+    write(info.slot, 0x44, 0x12345678);
+    expect(writes).toEqual([
+      { offset: PciReg.BAR0, bytes: [0xff, 0xff, 0xff, 0xff] },
+      { offset: PciReg.BAR0, bytes: [0x00, 0x00, 0x00, 0xd0] },
+      { offset: PciReg.COMMAND, bytes: [0x06, 0x00] },
+      { offset: 0x44, bytes: [0x78, 0x56, 0x34, 0x12] },
+    ]);
+    expect(read(info.slot, 0x44)).toBe(0x12345678);
+    expect(read(info.slot, PciReg.COMMAND, 2)).toBe(0x6);
+  });
+
+  it("refuses a bad offset, capabilities beside it, or no handler", () => {
+    const b = new PciBus();
+    const base = { vendorId: 1, deviceId: 2, classCode: 0, handler: { module: "file:///x.js" } };
+    expect(() => b.register({ ...base, configFromHandler: 0x20 })).toThrow(/configFromHandler/);
+    expect(() => b.register({ ...base, configFromHandler: 0x41 })).toThrow(/configFromHandler/);
+    expect(() =>
+      b.register({ ...base, configFromHandler: 0x40, capabilities: [{ id: 9, body: new Uint8Array(2) }] }),
+    ).toThrow(/capabilities/);
+    expect(() => b.register({ vendorId: 1, deviceId: 2, classCode: 0, configFromHandler: 0x40 })).toThrow(
+      /handler/,
+    );
+  });
+});

@@ -87,6 +87,16 @@ export interface PciDeviceSpec {
   capabilities?: readonly PciCapabilitySpec[];
   /** Serves guest accesses to the BARs, in every vCPU worker. */
   handler?: PciDeviceModule;
+  /**
+   * The device's handler owns configuration space from this offset up (its
+   * capability list, e.g. 0x40): accesses there go to the handler's
+   * `readConfig` / `writeConfig`, and the header's capability pointer is this
+   * offset. The machine keeps the standard header (ids, command, BARs,
+   * interrupt line) and copies every header write to the handler too, so a
+   * device in another thread learns its command register and BAR addresses.
+   * Use with a handler, and no `capabilities`.
+   */
+  configFromHandler?: number;
   /** Preferred slot (1-31); the first free one otherwise. */
   slot?: number;
 }
@@ -245,7 +255,16 @@ export function buildConfigSpace(
   c[PciReg.INTERRUPT_LINE] = gsi ?? 0xff;
   w[PciReg.INTERRUPT_LINE] = 0xff;
   const caps = spec.capabilities ?? [];
-  if (caps.length) {
+  if (spec.configFromHandler !== undefined) {
+    const from = spec.configFromHandler;
+    if (!Number.isInteger(from) || from < 0x40 || from > 0xfc || from % 4)
+      throw new RangeError(
+        `configFromHandler 0x${from.toString(16)} must be a dword offset from 0x40 to 0xfc`,
+      );
+    if (caps.length) throw new RangeError("a device with configFromHandler lists its capabilities itself");
+    c[PciReg.STATUS] = PCI_STATUS_CAP_LIST;
+    c[PciReg.CAPABILITY_LIST] = from;
+  } else if (caps.length) {
     c[PciReg.STATUS] = PCI_STATUS_CAP_LIST;
     let at = 0x40;
     c[PciReg.CAPABILITY_LIST] = at;
@@ -319,6 +338,8 @@ export class PciBus {
         );
       bars.push({ index: b.index, kind: b.kind, size: b.size, address: this.#allocate(b) });
     }
+    if (spec.configFromHandler !== undefined && !spec.handler)
+      throw new RangeError("configFromHandler needs a handler module to serve the configuration space");
     const pin = spec.interruptPin ?? 1;
     if (!Number.isInteger(pin) || pin < 0 || pin > 4) throw new RangeError(`interrupt pin ${pin} is not 0-4`);
     const gsi = pin ? PCI_FIRST_GSI + ((slot + pin - 1) & 7) : undefined;
@@ -400,13 +421,47 @@ export function liveBars(
  * selects bus/device/function/register, CONFIG_DATA (0xcfc-0xcff) reads or writes it.
  * Only bus 0, function 0 exists. `reset` is called for a reset through 0xcf9.
  */
+/** Configuration space served by a device's handler (see `PciDeviceSpec.configFromHandler`). */
+export interface PciConfigHandler {
+  readConfig(offset: number, data: Uint8Array): void;
+  writeConfig(offset: number, data: Uint8Array): void;
+}
+
 export class PciConfigPorts {
   readonly spaces: PciConfigSpaces;
   readonly #reset: (why: string) => void;
+  readonly #delegated = new Map<number, { from: number; handler: PciConfigHandler }>();
 
   constructor(spaces: PciConfigSpaces, reset: (why: string) => void) {
     this.spaces = spaces;
     this.#reset = reset;
+  }
+
+  /** Sends `slot`'s config accesses from `from` up to `handler`, and copies header writes to it. */
+  delegate(slot: number, from: number, handler: PciConfigHandler): void {
+    this.#delegated.set(slot, { from, handler });
+  }
+
+  #readConfig(slot: number, offset: number, size: number): number {
+    const d = this.#delegated.get(slot);
+    if (!d || offset < d.from || !this.spaces.present(slot)) return this.spaces.read(slot, offset, size);
+    const data = new Uint8Array(size);
+    d.handler.readConfig(offset, data);
+    let v = 0;
+    for (let i = size - 1; i >= 0; i--) v = v * 256 + data[i]!;
+    return v;
+  }
+
+  #writeConfig(slot: number, offset: number, size: number, value: number): void {
+    const d = this.#delegated.get(slot);
+    if (!d || !this.spaces.present(slot)) {
+      this.spaces.write(slot, offset, size, value);
+      return;
+    }
+    if (offset < d.from) this.spaces.write(slot, offset, size, value);
+    const data = new Uint8Array(size);
+    for (let i = 0; i < size; i++) data[i] = Math.floor(value / 2 ** (8 * i)) & 0xff;
+    d.handler.writeConfig(offset, data);
   }
 
   /** The slot and register CONFIG_ADDRESS selects, or undefined when disabled or not bus 0 / function 0. */
@@ -427,7 +482,7 @@ export class PciConfigPorts {
       if (port < PCI_CONFIG_DATA_PORT || port + size > PCI_CONFIG_DATA_PORT + 4) return ones;
       const t = this.#target();
       if (!t) return ones;
-      return this.spaces.read(t.slot, t.reg + (port - PCI_CONFIG_DATA_PORT), size);
+      return this.#readConfig(t.slot, t.reg + (port - PCI_CONFIG_DATA_PORT), size);
     });
   }
 
@@ -443,7 +498,7 @@ export class PciConfigPorts {
       }
       if (port < PCI_CONFIG_DATA_PORT || port + size > PCI_CONFIG_DATA_PORT + 4) return;
       const t = this.#target();
-      if (t) this.spaces.write(t.slot, t.reg + (port - PCI_CONFIG_DATA_PORT), size, value);
+      if (t) this.#writeConfig(t.slot, t.reg + (port - PCI_CONFIG_DATA_PORT), size, value);
     });
   }
 }
