@@ -9,6 +9,7 @@ import {
   parseBzImage,
 } from "@tskvm/machine-x86";
 import { type Command, ExitCode, type Io, parseCommandArgs, UsageError } from "../command.js";
+import { blkPciDevice, parseDiskSpec } from "../disk.js";
 import { ConsoleTerminal } from "../terminal.js";
 
 export const RUN_HELP = `Usage: tskvm run [OPTIONS]
@@ -25,6 +26,13 @@ Options (as kvmtool's lkvm run):
                       (console=ttyS0 reboot=k panic=1 pci=conf1 acpi=off ...)
   -m, --mem MIB       guest RAM in MiB, or with a G suffix (default 256)
   -c, --cpus N        number of vCPUs (default 1)
+  -d, --disk SPEC     a virtio-blk disk; repeat for more (/dev/vda, vdb, ...).
+                      SPEC is PATH[,ro][,snapshot][,direct][,format=raw|qcow2]
+                      [,serial=ID]: a raw or qcow2 image (probed unless
+                      format= is given); ro: read-only; snapshot: writes go to
+                      a temporary overlay and the image is left untouched;
+                      direct: O_DIRECT (raw images)
+      --snapshot      every disk as ,snapshot
   -h, --help          show this help
 
 Console: the terminal is in raw mode while the guest runs, so Ctrl-C goes to
@@ -106,7 +114,13 @@ async function runMachine(m: Machine, io: Io): Promise<number> {
   process.on("exit", restore);
   try {
     m.console.output.on("data", (b: Buffer) => process.stdout.write(b));
-    await m.start();
+    try {
+      await m.start();
+    } catch (e) {
+      restore();
+      io.stderr(`tskvm: ${(e as Error).message}\n`);
+      return ExitCode.error;
+    }
     term.attach(m.console.input, () => {
       signal ??= "SIGINT";
       void m.stop();
@@ -136,7 +150,11 @@ export const run: Command = {
       params: { type: "string", short: "p" },
       mem: { type: "string", short: "m" },
       cpus: { type: "string", short: "c" },
+      disk: { type: "string", short: "d", multiple: true },
+      snapshot: { type: "boolean" },
     });
+    const disks = (values.disk ?? []).map(parseDiskSpec);
+    if (values.snapshot) for (const d of disks) d.snapshot = true;
     const mem = memMiB(values.mem);
     const cpus = positiveInt("--cpus", values.cpus, 1, 254);
     let kernel = values.kernel;
@@ -157,6 +175,7 @@ export const run: Command = {
         ...(values.params !== undefined ? { cmdline: values.params } : {}),
         memMiB: mem,
         cpus,
+        devices: disks.map((d) => blkPciDevice(d)),
       });
     } catch (e) {
       if (e instanceof AccelerationError) {
