@@ -44,3 +44,12 @@ export {
   readModuleImage,
   resolveModuleOrder,
 } from "./modules.js";
+export {
+  appendInitrd,
+  buildToolsArchive,
+  GUEST_PATH_DIRS,
+  TOOL_SEARCH_DIRS,
+  type ToolsArchiveFile,
+  type ToolsArchiveOptions,
+  toolsArchiveEntries,
+} from "./tools.js";
