@@ -1,0 +1,135 @@
+// Guest block-I/O bench: tskvm beside QEMU+KVM (with and without an iothread),
+// the same kernel, initrd, guest program and disk image for each.
+//
+//   node bench/blk.mjs                                  (from tests/; part of `pnpm bench`)
+//   TSKVM_BENCH_BLK_FORMATS=raw,qcow2 node bench/blk.mjs  the whole matrix on both formats
+//
+// Environment: TSKVM_BENCH_BLK_FORMATS (raw; comma list of raw, qcow2), TSKVM_BENCH_BLK_SECONDS
+// (3, per workload), TSKVM_BENCH_BLK_VMMS (tskvm,qemu,qemu-iothread), TSKVM_BENCH_BLK_JSON
+// (where the rows go; default bench/results/blk-DATE.json), TSKVM_E2E_TARGET (host|sandbox).
+//
+// blkbench.c is compiled static with gcc and appended, as a second gzip'd cpio archive,
+// to the default guest kit's initrd. Both files go to CACHE/bench/ (CACHE = guest-kit's
+// defaultCacheDir(), ~/.cache/tskvm), not /tmp: the sandbox mounts its own /tmp.
+import { spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { buildGuestKit, defaultCacheDir, writeInitramfs } from "@tskvm/guest-kit";
+import { e2eTarget, runOnTarget } from "../dist/index.js";
+
+const formats = (process.env.TSKVM_BENCH_BLK_FORMATS ?? "raw").split(",").filter(Boolean);
+const seconds = Number(process.env.TSKVM_BENCH_BLK_SECONDS ?? 3);
+const vmms = (process.env.TSKVM_BENCH_BLK_VMMS ?? "tskvm,qemu,qemu-iothread").split(",").filter(Boolean);
+const here = dirname(fileURLToPath(import.meta.url));
+const cacheDir = join(defaultCacheDir(), "bench");
+mkdirSync(cacheDir, { recursive: true });
+
+const hash = (...parts) => {
+  const h = createHash("sha256");
+  for (const p of parts) h.update(p);
+  return h.digest("hex").slice(0, 16);
+};
+
+/** Writes `path` atomically with `make()`'s bytes unless it exists; drops older `prefix*` files. */
+function cached(prefix, key, make) {
+  const path = join(cacheDir, `${prefix}${key}`);
+  if (existsSync(path)) return path;
+  for (const f of readdirSync(cacheDir)) if (f.startsWith(prefix)) rmSync(join(cacheDir, f), { force: true });
+  const tmp = `${path}.${process.pid}.tmp`;
+  make(tmp);
+  renameSync(tmp, path);
+  return path;
+}
+
+const source = readFileSync(join(here, "blkbench.c"));
+const blkbench = cached("blkbench-", hash(source), (out) => {
+  const r = spawnSync("gcc", ["-O2", "-Wall", "-static", "-o", out, join(here, "blkbench.c")], {
+    encoding: "utf8",
+  });
+  if (r.status !== 0)
+    throw new Error(`gcc blkbench.c failed (exit ${r.status}):\n${r.stderr}${r.error ?? ""}`);
+});
+
+const kit = await buildGuestKit({ log: (line) => console.error(line) });
+const kitInitrd = readFileSync(kit.initrd);
+const tool = readFileSync(blkbench);
+const initrd = cached("initrd-blk-", hash(kitInitrd, tool), (out) => {
+  // Linux unpacks concatenated (4-byte aligned) cpio archives, compressed or not.
+  const pad = Buffer.alloc((4 - (kitInitrd.length % 4)) % 4);
+  const extra = writeInitramfs([{ type: "file", path: "blkbench", data: tool, mode: 0o755 }]);
+  writeFileSync(out, Buffer.concat([kitInitrd, pad, extra]));
+});
+
+const target = e2eTarget();
+const script = join(here, "blk-in-guest.mjs");
+const perRunMs = 180_000 + 10_000 * seconds;
+const { results: rows, log } = await runOnTarget(
+  script,
+  [kit.kernel, initrd, formats.join(","), String(seconds), vmms.join(",")],
+  { timeoutMs: 5 * 60_000 + formats.length * vmms.length * 2 * perRunMs },
+);
+
+const date = new Date().toISOString();
+const names = { tskvm: "tskvm", qemu: "QEMU", "qemu-iothread": "QEMU+iothread" };
+const label = (w) => `${w.workload} ${w.bs >= 1 << 20 ? `${w.bs >> 20}M` : `${w.bs >> 10}k`} qd${w.depth}`;
+const fmt = (x, digits) => (typeof x === "number" ? x.toFixed(digits) : "—");
+
+console.log(`\nguest block I/O (${target.kind}: ${target.reason})`);
+console.log(
+  `default guest kit + blkbench (O_DIRECT, native AIO) on /dev/vda, 1 vCPU, 256 MiB RAM, ` +
+    `${seconds} s per workload, 256 MiB image on tmpfs; MB/s = 10^6 B/s; ${date}`,
+);
+for (const format of formats) {
+  const byVmm = Object.fromEntries(
+    vmms.map((v) => [v, rows.find((r) => r.format === format && r.vmm === v)]),
+  );
+  const labels = [];
+  for (const v of vmms)
+    for (const w of byVmm[v]?.workloads ?? []) if (!labels.includes(label(w))) labels.push(label(w));
+  console.log(`\n${format} image\n`);
+  console.log(
+    `| workload | ${vmms.map((v) => `${names[v] ?? v} MB/s | ${names[v] ?? v} IOPS`).join(" | ")} |`,
+  );
+  console.log(`|---|${vmms.map(() => "---:|---:").join("|")}|`);
+  for (const l of labels) {
+    const cells = vmms.map((v) => {
+      const w = byVmm[v]?.workloads.find((x) => label(x) === l);
+      return `${fmt(w?.mbps, 1)} | ${fmt(w?.iops, 0)}`;
+    });
+    console.log(`| ${l} | ${cells.join(" | ")} |`);
+  }
+  console.log("");
+  console.log("| VMM | peak RSS (MiB) | wall (s) | result |");
+  console.log("|---|---:|---:|---|");
+  for (const v of vmms) {
+    const r = byVmm[v];
+    const result = !r
+      ? "no result"
+      : r.skipped
+        ? `skipped: ${r.skipped}`
+        : `${r.ok ? "ok" : `FAILED: ${r.error}`}${r.retried ? ` (RETRIED after: ${r.retried.error})` : ""}`;
+    console.log(
+      `| ${names[v] ?? v} | ${fmt(r?.peakRssKiB === undefined ? undefined : r.peakRssKiB / 1024, 1)} | ${fmt(r?.wallMs === undefined ? undefined : r.wallMs / 1000, 1)} | ${result} |`,
+    );
+  }
+}
+
+const jsonPath =
+  process.env.TSKVM_BENCH_BLK_JSON ??
+  join(here, "results", `blk-${date.slice(0, 19).replaceAll(":", "")}.json`);
+mkdirSync(dirname(jsonPath), { recursive: true });
+writeFileSync(
+  jsonPath,
+  `${JSON.stringify({ date, target: { kind: target.kind, reason: target.reason }, seconds, formats, vmms, rows }, null, 2)}\n`,
+);
+console.log(`\nrows: ${jsonPath}`);
+
+const expected = formats.length * vmms.length;
+if (rows.length < expected || rows.some((r) => !r.ok && !r.skipped)) {
+  console.error(
+    `\nsome runs failed or are missing (${rows.length}/${expected} rows); the run's output:\n${log}`,
+  );
+  process.exitCode = 1;
+}
