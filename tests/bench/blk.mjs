@@ -16,7 +16,7 @@ import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { buildGuestKit, defaultCacheDir, writeInitramfs } from "@tskvm/guest-kit";
+import { appendInitrd, buildGuestKit, defaultCacheDir, writeInitramfs } from "@tskvm/guest-kit";
 import { e2eTarget, runOnTarget } from "../dist/index.js";
 
 const formats = (process.env.TSKVM_BENCH_BLK_FORMATS ?? "raw").split(",").filter(Boolean);
@@ -55,12 +55,14 @@ const blkbench = cached("blkbench-", hash(source), (out) => {
 const kit = await buildGuestKit({ log: (line) => console.error(line) });
 const kitInitrd = readFileSync(kit.initrd);
 const tool = readFileSync(blkbench);
-const initrd = cached("initrd-blk-", hash(kitInitrd, tool), (out) => {
-  // Linux unpacks concatenated (4-byte aligned) cpio archives, compressed or not.
-  const pad = Buffer.alloc((4 - (kitInitrd.length % 4)) % 4);
-  const extra = writeInitramfs([{ type: "file", path: "blkbench", data: tool, mode: 0o755 }]);
-  writeFileSync(out, Buffer.concat([kitInitrd, pad, extra]));
-});
+// Linux unpacks an initramfs made of several gzip'd cpio archives one after another.
+const initrd = cached("initrd-blk-", hash(kitInitrd, tool), (out) =>
+  appendInitrd(
+    kit.initrd,
+    writeInitramfs([{ type: "file", path: "blkbench", data: tool, mode: 0o755 }]),
+    out,
+  ),
+);
 
 const target = e2eTarget();
 const script = join(here, "blk-in-guest.mjs");
