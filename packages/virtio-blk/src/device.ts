@@ -17,7 +17,7 @@ import {
 } from "./config.js";
 import { BLK_CONFIG_SIZE, type BlkStatus } from "./constants.js";
 import { BlockEngine, type BlockStats } from "./engine.js";
-import { BlockRequestError, parseBlockRequest } from "./request.js";
+import { BlockRequestError, GuestViewCache, parseBlockRequest } from "./request.js";
 
 /** Counters of a device (plain data): the engine's plus what the queue loop saw. */
 export interface BlkDeviceStats extends BlockStats {
@@ -94,6 +94,7 @@ export class VirtioBlkDevice implements VirtioDevice {
   readonly #inline: Inline | undefined;
   readonly #remote: BlkRemoteBackend | undefined;
   #ctx: ActivateContext | undefined;
+  #views: GuestViewCache | undefined;
   #limits: BlkLimits;
   readonly #stats = { completed: 0, rejected: 0, failed: 0, batches: 0, interrupts: 0 };
 
@@ -141,12 +142,14 @@ export class VirtioBlkDevice implements VirtioDevice {
   activate(ctx: ActivateContext): void {
     this.#limits = limitsFor(this.configuration.limits, ctx.driverFeatures);
     if (this.#remote) this.#remote.activate(ctx);
+    this.#views = this.#inline ? new GuestViewCache(ctx.memory) : undefined;
     this.#ctx = ctx;
   }
 
   reset(): void {
     const was = this.#ctx;
     this.#ctx = undefined;
+    this.#views = undefined;
     this.#limits = this.configuration.limits;
     if (this.#remote && was) this.#remote.reset();
   }
@@ -240,7 +243,7 @@ export class VirtioBlkDevice implements VirtioDevice {
     let statusByte: Uint8Array;
     let written = 0;
     try {
-      const req = parseBlockRequest(chain, this.#limits);
+      const req = parseBlockRequest(chain, this.#limits, this.#views);
       const r = engine.execute(req);
       status = r.status;
       written = r.written;

@@ -1,4 +1,4 @@
-import type { DescriptorChain } from "@tskvm/virtio";
+import type { ChainReader, DescriptorChain, GuestMemoryAccess } from "@tskvm/virtio";
 import type { BlkLimits } from "./config.js";
 import {
   BLK_HEADER_SIZE,
@@ -260,14 +260,100 @@ class Header implements BlockRequestHeader {
 /** Sectors at or above 2^53 / 512 can never be inside a disk whose size is a safe integer. */
 const HIGH_LIMIT = 2 ** (53 - 32);
 
+/**
+ * Views of guest RAM by guest address, for one memory: the header and status
+ * buffers of a driver are usually its per-tag request structures, reused
+ * request after request, and a cached view (a Map lookup) costs far less than
+ * a new one (a region lookup and a typed-array allocation). Only ranges the
+ * queue already checked are looked up; a view is exactly what
+ * `memory.view(address, length)` returned for that range. Bounded: cleared
+ * when full.
+ */
+export class GuestViewCache {
+  readonly memory: GuestMemoryAccess;
+  readonly #byLength = new Map<number, Map<number, Uint8Array>>();
+  readonly #limit: number;
+  #entries = 0;
+
+  constructor(memory: GuestMemoryAccess, limit = 1024) {
+    this.memory = memory;
+    this.#limit = limit;
+  }
+
+  /** `memory.view(address, length)`, cached. */
+  view(address: number, length: number): Uint8Array {
+    let m = this.#byLength.get(length);
+    if (!m) {
+      m = new Map();
+      this.#byLength.set(length, m);
+    }
+    let v = m.get(address);
+    if (v === undefined) {
+      v = this.memory.view(address, length);
+      if (this.#entries >= this.#limit) this.clear();
+      m.set(address, v);
+      this.#entries++;
+    }
+    return v;
+  }
+
+  clear(): void {
+    for (const m of this.#byLength.values()) m.clear();
+    this.#entries = 0;
+  }
+}
+
+function viewOf(chain: DescriptorChain, views: GuestViewCache | undefined, address: number, length: number) {
+  return views !== undefined && views.memory === chain.memory
+    ? views.view(address, length)
+    : chain.memory.view(address, length);
+}
+
 /** The status byte: the chain's last device-writable byte, as a view. */
-function statusView(chain: DescriptorChain): Uint8Array | undefined {
+function statusView(chain: DescriptorChain, views: GuestViewCache | undefined): Uint8Array | undefined {
   const { addresses, lengths, writableStart } = chain;
   for (let i = lengths.length - 1; i >= writableStart; i--) {
     const len = lengths[i]!;
-    if (len > 0) return chain.memory.view(addresses[i]! + len - 1, 1);
+    if (len > 0) return viewOf(chain, views, addresses[i]! + len - 1, 1);
   }
   return undefined;
+}
+
+function reject(d: BlockRequestErrorDetail, head: number, status: Uint8Array | undefined): never {
+  throw new BlockRequestError(d, head, status);
+}
+
+/** Checks [sector, sector + sectors) against the disk; returns the sector as a number. */
+function sectorRange(
+  hi: number,
+  lo: number,
+  sectors: number,
+  capacity: number,
+  head: number,
+  status: Uint8Array,
+): number {
+  if (hi === 0xffff_ffff && lo + sectors > 0xffff_ffff)
+    reject({ kind: "SectorOverflow", sector: (BigInt(hi) << 32n) | BigInt(lo), sectors }, head, status);
+  const sector = hi * TWO_32 + lo;
+  if (hi >= HIGH_LIMIT || sector + sectors > capacity)
+    reject(
+      { kind: "SectorOutOfRange", sector: (BigInt(hi) << 32n) | BigInt(lo), sectors, capacity },
+      head,
+      status,
+    );
+  return sector;
+}
+
+/** The readable bytes after the header (OUT data, segments). */
+function bodyReader(chain: DescriptorChain): ChainReader {
+  const r = chain.reader();
+  r.skip(BLK_HEADER_SIZE);
+  return r;
+}
+
+/** Little-endian u32 at `o` of a byte view (no DataView needed). */
+function u32(b: Uint8Array, o: number): number {
+  return (b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16) | (b[o + 3]! << 24)) >>> 0;
 }
 
 /**
@@ -278,106 +364,138 @@ function statusView(chain: DescriptorChain): Uint8Array | undefined {
  * part is IN data or the GET_ID buffer, then the status byte (its last byte).
  *
  * Throws {@link BlockRequestError} for anything the driver got wrong; the
- * error says whether and how it can be reported.
+ * error says whether and how it can be reported. `views` (optional, over the
+ * chain's memory) caches the header and status views across requests.
  */
-export function parseBlockRequest(chain: DescriptorChain, limits: BlkLimits): BlockRequest {
+export function parseBlockRequest(
+  chain: DescriptorChain,
+  limits: BlkLimits,
+  views?: GuestViewCache,
+): BlockRequest {
   const head = chain.head;
-  const status = statusView(chain);
-  const fail = (d: BlockRequestErrorDetail): never => {
-    throw new BlockRequestError(d, head, status);
-  };
+  const status = statusView(chain, views);
   if (!status) {
-    if (chain.writableStart < chain.count) fail({ kind: "StatusTooSmall" });
-    fail(chain.count <= 1 ? { kind: "MissingStatus" } : { kind: "StatusNotWritable" });
+    if (chain.writableStart < chain.count) reject({ kind: "StatusTooSmall" }, head, status);
+    reject(chain.count <= 1 ? { kind: "MissingStatus" } : { kind: "StatusNotWritable" }, head, status);
   }
   const readable = chain.readableLength;
   if (readable < BLK_HEADER_SIZE) {
-    if (readable === 0 && chain.writableStart === 0) fail({ kind: "HeaderNotReadable" });
-    fail({ kind: "HeaderTooShort", length: readable });
+    if (readable === 0 && chain.writableStart === 0) reject({ kind: "HeaderNotReadable" }, head, status);
+    reject({ kind: "HeaderTooShort", length: readable }, head, status);
   }
-  const reader = chain.reader();
-  reader.readInto(HEADER_BYTES);
-  const type = HEADER.getUint32(0, true);
-  const reserved = HEADER.getUint32(4, true);
-  const lo = HEADER.getUint32(8, true);
-  const hi = HEADER.getUint32(12, true);
+  const { addresses, lengths, writableStart } = chain;
+  let reader: ChainReader | undefined;
+  let type: number;
+  let reserved: number;
+  let lo: number;
+  let hi: number;
+  // The usual layout has the whole header in the first descriptor: one view, no copy.
+  const first = lengths[0]!;
+  let hv: Uint8Array | undefined;
+  if (first >= BLK_HEADER_SIZE) {
+    try {
+      hv = viewOf(chain, views, addresses[0]!, BLK_HEADER_SIZE);
+    } catch {
+      hv = undefined; // split across host views (regions, windows): read it as a stream below
+    }
+  }
+  if (hv) {
+    type = u32(hv, 0);
+    reserved = u32(hv, 4);
+    lo = u32(hv, 8);
+    hi = u32(hv, 12);
+  } else {
+    reader = chain.reader();
+    reader.readInto(HEADER_BYTES);
+    type = HEADER.getUint32(0, true);
+    reserved = HEADER.getUint32(4, true);
+    lo = HEADER.getUint32(8, true);
+    hi = HEADER.getUint32(12, true);
+  }
   const header: BlockRequestHeader = new Header(type, reserved, lo, hi);
   const readData = readable - BLK_HEADER_SIZE;
   const writeData = chain.writableLength - 1;
   const s = status as Uint8Array;
 
-  /** Checks [sector, sector + sectors) against the disk; returns the sector as a number. */
-  const range = (sectors: number): number => {
-    if (hi === 0xffff_ffff && lo + sectors > 0xffff_ffff)
-      fail({ kind: "SectorOverflow", sector: header.sector, sectors });
-    const sector = hi * TWO_32 + lo;
-    if (hi >= HIGH_LIMIT || sector + sectors > limits.capacity)
-      fail({ kind: "SectorOutOfRange", sector: header.sector, sectors, capacity: limits.capacity });
-    return sector;
-  };
-
   switch (type) {
     case VIRTIO_BLK_T_IN: {
-      if (readData > 0) fail({ kind: "UnexpectedReadableData", length: readData });
-      if (writeData % SECTOR_SIZE !== 0) fail({ kind: "DataLengthNotSectorMultiple", length: writeData });
-      const sector = range(writeData >>> SECTOR_SHIFT);
-      const buffers = chain.writer().writeViews(writeData);
+      if (readData > 0) reject({ kind: "UnexpectedReadableData", length: readData }, head, s);
+      if (writeData % SECTOR_SIZE !== 0)
+        reject({ kind: "DataLengthNotSectorMultiple", length: writeData }, head, s);
+      const sector = sectorRange(hi, lo, writeData >>> SECTOR_SHIFT, limits.capacity, head, s);
+      // The usual layout: the data in one descriptor, the status byte alone in the next (the last).
+      const buffers =
+        lengths.length === writableStart + 2 &&
+        lengths[writableStart] === writeData &&
+        lengths[writableStart + 1] === 1
+          ? chain.memory.segments(addresses[writableStart]!, writeData)
+          : chain.writer().writeViews(writeData);
       return { type: "in", head, header, status: s, sector, length: writeData, buffers };
     }
     case VIRTIO_BLK_T_OUT: {
-      if (limits.readOnly) fail({ kind: "WriteToReadOnly", type });
-      if (writeData > 0) fail({ kind: "UnexpectedWritableData", length: writeData });
-      if (readData % SECTOR_SIZE !== 0) fail({ kind: "DataLengthNotSectorMultiple", length: readData });
-      const sector = range(readData >>> SECTOR_SHIFT);
-      const buffers = reader.readViews(readData);
+      if (limits.readOnly) reject({ kind: "WriteToReadOnly", type }, head, s);
+      if (writeData > 0) reject({ kind: "UnexpectedWritableData", length: writeData }, head, s);
+      if (readData % SECTOR_SIZE !== 0)
+        reject({ kind: "DataLengthNotSectorMultiple", length: readData }, head, s);
+      const sector = sectorRange(hi, lo, readData >>> SECTOR_SHIFT, limits.capacity, head, s);
+      const buffers = (reader ?? bodyReader(chain)).readViews(readData);
       return { type: "out", head, header, status: s, sector, length: readData, buffers };
     }
     case VIRTIO_BLK_T_FLUSH:
       // Data in a flush is a SHOULD NOT for the driver: ignored. The sector is a MUST.
-      if (header.sector !== 0n) fail({ kind: "FlushSectorNotZero", sector: header.sector });
+      if (header.sector !== 0n) reject({ kind: "FlushSectorNotZero", sector: header.sector }, head, s);
       return { type: "flush", head, header, status: s };
     case VIRTIO_BLK_T_GET_ID: {
-      if (writeData === 0 && readData > 0) fail({ kind: "IdBufferNotWritable", length: readData });
-      if (readData > 0) fail({ kind: "UnexpectedReadableData", length: readData });
-      if (writeData < VIRTIO_BLK_ID_BYTES) fail({ kind: "IdBufferTooShort", length: writeData });
+      if (writeData === 0 && readData > 0) reject({ kind: "IdBufferNotWritable", length: readData }, head, s);
+      if (readData > 0) reject({ kind: "UnexpectedReadableData", length: readData }, head, s);
+      if (writeData < VIRTIO_BLK_ID_BYTES) reject({ kind: "IdBufferTooShort", length: writeData }, head, s);
       const buffers = chain.writer().writeViews(VIRTIO_BLK_ID_BYTES);
       return { type: "get-id", head, header, status: s, buffers };
     }
     case VIRTIO_BLK_T_DISCARD:
     case VIRTIO_BLK_T_WRITE_ZEROES: {
       const discard = type === VIRTIO_BLK_T_DISCARD;
-      if (limits.readOnly) fail({ kind: "WriteToReadOnly", type });
+      if (limits.readOnly) reject({ kind: "WriteToReadOnly", type }, head, s);
       const limit = discard ? limits.discard : limits.writeZeroes;
-      if (!limit) fail({ kind: "NotNegotiated", type });
+      if (!limit) reject({ kind: "NotNegotiated", type }, head, s);
       const { maxSectors, maxSegments } = limit as { maxSectors: number; maxSegments: number };
-      if (writeData > 0) fail({ kind: "UnexpectedWritableData", length: writeData });
+      if (writeData > 0) reject({ kind: "UnexpectedWritableData", length: writeData }, head, s);
       if (readData === 0 || readData % BLK_SEGMENT_SIZE !== 0)
-        fail({ kind: "SegmentsMalformed", length: readData });
+        reject({ kind: "SegmentsMalformed", length: readData }, head, s);
       const count = readData / BLK_SEGMENT_SIZE;
-      if (count > maxSegments) fail({ kind: "TooManySegments", count, max: maxSegments });
+      if (count > maxSegments) reject({ kind: "TooManySegments", count, max: maxSegments }, head, s);
       const raw: { sector: bigint; numSectors: number; flags: number }[] = [];
+      const segReader = reader ?? bodyReader(chain);
       for (let i = 0; i < count; i++)
-        raw.push({ sector: reader.readU64(), numSectors: reader.readU32(), flags: reader.readU32() });
+        raw.push({
+          sector: segReader.readU64(),
+          numSectors: segReader.readU32(),
+          flags: segReader.readU32(),
+        });
       // Flags first: unknown flags (and UNMAP on a discard) are UNSUPP whatever else is wrong.
       raw.forEach((g, index) => {
         if (g.flags & ~VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP)
-          fail({ kind: "SegmentReservedFlags", index, flags: g.flags });
+          reject({ kind: "SegmentReservedFlags", index, flags: g.flags }, head, s);
         if (discard && g.flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP)
-          fail({ kind: "DiscardWithUnmap", index });
+          reject({ kind: "DiscardWithUnmap", index }, head, s);
       });
       const segments = raw.map((g, index): BlockSegment => {
         if (g.numSectors > maxSectors)
-          fail({ kind: "SegmentTooLarge", index, numSectors: g.numSectors, max: maxSectors });
+          reject({ kind: "SegmentTooLarge", index, numSectors: g.numSectors, max: maxSectors }, head, s);
         const end = g.sector + BigInt(g.numSectors);
         if (end > 0xffff_ffff_ffff_ffffn)
-          fail({ kind: "SectorOverflow", sector: g.sector, sectors: g.numSectors });
+          reject({ kind: "SectorOverflow", sector: g.sector, sectors: g.numSectors }, head, s);
         if (end > BigInt(limits.capacity))
-          fail({
-            kind: "SectorOutOfRange",
-            sector: g.sector,
-            sectors: g.numSectors,
-            capacity: limits.capacity,
-          });
+          reject(
+            {
+              kind: "SectorOutOfRange",
+              sector: g.sector,
+              sectors: g.numSectors,
+              capacity: limits.capacity,
+            },
+            head,
+            s,
+          );
         return {
           sector: Number(g.sector),
           numSectors: g.numSectors,
@@ -389,6 +507,6 @@ export function parseBlockRequest(chain: DescriptorChain, limits: BlkLimits): Bl
         : { type: "write-zeroes", head, header, status: s, segments };
     }
     default:
-      return fail({ kind: "UnsupportedType", type });
+      return reject({ kind: "UnsupportedType", type }, head, s);
   }
 }

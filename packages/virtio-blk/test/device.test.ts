@@ -3,10 +3,22 @@
 // used length, and what reached the disk.
 import { readFileSync } from "node:fs";
 import { type DiskImage, DiskImageError } from "@tskvm/disk-image";
-import { DeviceStatus, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1 } from "@tskvm/virtio";
+import {
+  DeviceStatus,
+  PlainGuestMemory,
+  Queue,
+  VIRTIO_F_EVENT_IDX,
+  VIRTIO_F_INDIRECT_DESC,
+  VIRTIO_F_VERSION_1,
+  VIRTQ_DESC_F_NEXT,
+  VIRTQ_DESC_F_WRITE,
+  writeDescriptor,
+} from "@tskvm/virtio";
 import { afterEach, describe, expect, it } from "vitest";
 import {
   BlkConfigOffset,
+  GuestViewCache,
+  parseBlockRequest,
   VIRTIO_BLK_F_BLK_SIZE,
   VIRTIO_BLK_F_DISCARD,
   VIRTIO_BLK_F_FLUSH,
@@ -438,5 +450,40 @@ describe("disk errors", () => {
     expect(r.device.engine?.lastError).toBeInstanceOf(DiskImageError);
     fail = false;
     expect(r.run([{ data: header(VIRTIO_BLK_T_IN, 0) }, { length: 512 }, { length: 1 }]).status).toBe(0);
+  });
+});
+
+describe("parseBlockRequest fast paths", () => {
+  it("a header or data buffer split across host views is read as a stream (view cache or not)", () => {
+    const memory = new PlainGuestMemory([{ address: 0, size: 1 << 20 }], { windowSize: 4096 });
+    const q = new Queue(memory, { size: 8, descTable: 0x1000, availRing: 0x2000, usedRing: 0x3000 });
+    const limits = { capacity: 2048, readOnly: false, discard: undefined, writeZeroes: undefined };
+    const hdr = 0x4ff8; // the 16-byte header straddles the window boundary at 0x5000
+    memory.write(hdr, header(VIRTIO_BLK_T_IN, 7));
+    writeDescriptor(memory, 0x1000, 0, { address: hdr, length: 16, flags: VIRTQ_DESC_F_NEXT, next: 1 });
+    writeDescriptor(memory, 0x1000, 1, {
+      address: 0x6e00, // the data straddles 0x7000
+      length: 1024,
+      flags: VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT,
+      next: 2,
+    });
+    writeDescriptor(memory, 0x1000, 2, { address: 0x8000, length: 1, flags: VIRTQ_DESC_F_WRITE, next: 0 });
+    for (const views of [undefined, new GuestViewCache(memory)]) {
+      for (let round = 0; round < 2; round++) {
+        const idx = memory.readU16(0x2002);
+        memory.writeU16(0x2004 + 2 * (idx % 8), 0);
+        memory.writeU16(0x2002, (idx + 1) & 0xffff);
+        const chain = q.pop();
+        if (!chain) throw new Error("no chain");
+        const req = parseBlockRequest(chain, limits, views);
+        expect(req.type).toBe("in");
+        if (req.type !== "in") return;
+        expect(req.sector).toBe(7);
+        expect(req.header.sector).toBe(7n);
+        expect(req.buffers.map((b) => b.length)).toEqual([512, 512]);
+        expect(req.status.byteOffset).toBe(0x8000);
+        q.addUsed(chain.head, 1025);
+      }
+    }
   });
 });

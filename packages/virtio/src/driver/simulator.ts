@@ -11,6 +11,7 @@ import {
 import type { IntxLine, MsixSink } from "../interrupts.js";
 import type { GuestMemoryAccess } from "../memory.js";
 import { needEvent, type QueueConfig, splitRingSizes } from "../queue.js";
+import { GuestRange } from "../ring.js";
 import type { DriverTransport } from "./transport.js";
 
 /** A first-fit allocator over a range of guest memory (the simulated driver's heap). */
@@ -155,6 +156,9 @@ export class SimQueue {
   readonly vector: number;
   readonly #host: SimQueueHost;
   readonly #memory: GuestMemoryAccess;
+  /** The rings, checked once (a DataView over RAM when contiguous): no per-access lookup. */
+  readonly #avail: GuestRange;
+  readonly #used: GuestRange;
   #freeDesc: number[];
   #availIdx = 0;
   #lastUsed = 0;
@@ -182,6 +186,9 @@ export class SimQueue {
     this.availRing = rings.availRing;
     this.usedRing = rings.usedRing;
     this.vector = vector;
+    const sizes = splitRingSizes(size);
+    this.#avail = new GuestRange(this.#memory, rings.availRing, sizes.availRing);
+    this.#used = new GuestRange(this.#memory, rings.usedRing, sizes.usedRing);
     this.#freeDesc = Array.from({ length: size }, (_, i) => i);
   }
 
@@ -279,9 +286,9 @@ export class SimQueue {
   /** Puts `head` in the next available-ring slot and bumps avail.idx (no bookkeeping). */
   publish(head: number): void {
     const slot = this.#availIdx % this.size;
-    this.#memory.writeU16(this.availRing + 4 + 2 * slot, head);
+    this.#avail.setU16(4 + 2 * slot, head);
     this.#availIdx = (this.#availIdx + 1) & 0xffff;
-    this.#memory.writeU16(this.availRing + 2, this.#availIdx);
+    this.#avail.setU16(2, this.#availIdx);
   }
 
   /** Rings the doorbell unconditionally. */
@@ -311,9 +318,9 @@ export class SimQueue {
     const out: UsedBuffer[] = [];
     const idx = this.usedIdx();
     while (this.#lastUsed !== idx) {
-      const o = this.usedRing + 4 + 8 * (this.#lastUsed % this.size);
-      const id = mem.readU32(o);
-      const len = mem.readU32(o + 4);
+      const o = 4 + 8 * (this.#lastUsed % this.size);
+      const id = this.#used.u32(o);
+      const len = this.#used.u32(o + 4);
       this.#lastUsed = (this.#lastUsed + 1) & 0xffff;
       const req = this.#outstanding.get(id);
       let written = new Uint8Array(0);
@@ -361,27 +368,27 @@ export class SimQueue {
   /** Writes avail.idx directly (and the driver's shadow of it). */
   setAvailIdx(idx: number): void {
     this.#availIdx = idx & 0xffff;
-    this.#memory.writeU16(this.availRing + 2, this.#availIdx);
+    this.#avail.setU16(2, this.#availIdx);
   }
   /** Writes one available-ring slot directly. */
   setAvailSlot(slot: number, head: number): void {
     this.#memory.writeU16(this.availRing + 4 + 2 * slot, head);
   }
   setAvailFlags(flags: number): void {
-    this.#memory.writeU16(this.availRing, flags);
+    this.#avail.setU16(0, flags);
   }
   /** used_event (EVENT_IDX): the used index at which the driver wants an interrupt. */
   setUsedEvent(v: number): void {
-    this.#memory.writeU16(this.availRing + 4 + 2 * this.size, v);
+    this.#avail.setU16(4 + 2 * this.size, v);
   }
   usedIdx(): number {
-    return this.#memory.readU16(this.usedRing + 2);
+    return this.#used.u16(2);
   }
   usedFlags(): number {
-    return this.#memory.readU16(this.usedRing);
+    return this.#used.u16(0);
   }
   availEvent(): number {
-    return this.#memory.readU16(this.usedRing + 4 + 8 * this.size);
+    return this.#used.u16(4 + 8 * this.size);
   }
   /** The driver's position in the used ring. */
   get lastUsed(): number {
