@@ -246,6 +246,7 @@ export class BlkWorkerHandle implements BlkRemoteBackend {
             failed: 0,
             batches: 0,
             interrupts: 0,
+            serviceMs: 0,
           },
         };
         const e = exit.error ?? lastError ?? (err ? { message: err.message } : undefined);

@@ -271,35 +271,32 @@ const HIGH_LIMIT = 2 ** (53 - 32);
  */
 export class GuestViewCache {
   readonly memory: GuestMemoryAccess;
-  readonly #byLength = new Map<number, Map<number, Uint8Array>>();
+  /** Status bytes (length 1) and headers (length 16); other lengths are not cached. */
+  readonly #bytes = new Map<number, Uint8Array>();
+  readonly #headers = new Map<number, Uint8Array>();
   readonly #limit: number;
-  #entries = 0;
 
   constructor(memory: GuestMemoryAccess, limit = 1024) {
     this.memory = memory;
     this.#limit = limit;
   }
 
-  /** `memory.view(address, length)`, cached. */
+  /** `memory.view(address, length)`, cached for lengths 1 and 16. */
   view(address: number, length: number): Uint8Array {
-    let m = this.#byLength.get(length);
-    if (!m) {
-      m = new Map();
-      this.#byLength.set(length, m);
-    }
+    const m = length === 1 ? this.#bytes : length === BLK_HEADER_SIZE ? this.#headers : undefined;
+    if (m === undefined) return this.memory.view(address, length);
     let v = m.get(address);
     if (v === undefined) {
       v = this.memory.view(address, length);
-      if (this.#entries >= this.#limit) this.clear();
+      if (m.size >= this.#limit) m.clear();
       m.set(address, v);
-      this.#entries++;
     }
     return v;
   }
 
   clear(): void {
-    for (const m of this.#byLength.values()) m.clear();
-    this.#entries = 0;
+    this.#bytes.clear();
+    this.#headers.clear();
   }
 }
 

@@ -4,6 +4,7 @@
 // eventfd and the DeviceChannel doorbell; serves every available request per
 // wake-up straight between the disk and guest RAM; raises irqfds. The main
 // thread's event loop is never on that path.
+import { readFileSync } from "node:fs";
 import { type MessagePort, parentPort, receiveMessageOnPort, workerData } from "node:worker_threads";
 import { type DiskImage, openDiskImage } from "@tskvm/disk-image";
 import {
@@ -30,7 +31,7 @@ import {
 } from "@tskvm/virtio";
 import { MMIO_SPACE, PCI_CONFIG_SPACE } from "./channel.js";
 import { diskInfo } from "./config.js";
-import { VirtioBlkDevice } from "./device.js";
+import { type BlkDeviceStats, VirtioBlkDevice } from "./device.js";
 import { emptyStats } from "./engine.js";
 import {
   type BlkWorkerData,
@@ -55,6 +56,21 @@ function describeError(e: unknown): { message: string; code?: string } {
   return { message: String(e) };
 }
 
+/** This thread's CPU time in ms (Linux schedstat: time on a CPU, not time waiting for one), if known. */
+function threadCpuMs(): number | undefined {
+  try {
+    const ns = Number(readFileSync("/proc/thread-self/schedstat", "utf8").split(" ")[0]);
+    return Number.isFinite(ns) ? ns / 1e6 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function withCpu(stats: BlkDeviceStats): BlkDeviceStats {
+  const cpuMs = threadCpuMs();
+  return cpuMs === undefined ? stats : { ...stats, cpuMs };
+}
+
 function openMemory(d: GuestMemoryDescriptor | PlainGuestMemoryDescriptor): GuestMemoryAccess {
   return "windowSize" in d ? PlainGuestMemory.fromDescriptor(d) : GuestMemory.fromDescriptor(d);
 }
@@ -72,7 +88,15 @@ function openImage(): DiskImage | undefined {
   } catch (e) {
     const error = describeError(e);
     post({ type: "error", ...error });
-    const stats = { ...emptyStats(), completed: 0, rejected: 0, failed: 0, batches: 0, interrupts: 0 };
+    const stats = {
+      ...emptyStats(),
+      completed: 0,
+      rejected: 0,
+      failed: 0,
+      batches: 0,
+      interrupts: 0,
+      serviceMs: 0,
+    };
     post({ type: "exit", exit: { queues: [], stats, error } });
     port.close();
     control.close();
@@ -198,7 +222,7 @@ function run(image: DiskImage): void {
           return { seq: cmd.seq, ok: true, states };
         }
         case "stats":
-          return { seq: cmd.seq, ok: true, stats: device.stats };
+          return { seq: cmd.seq, ok: true, stats: withCpu(device.stats) };
       }
     } catch (e) {
       return { seq: cmd.seq, ok: false, error: describeError(e).message };
@@ -310,9 +334,9 @@ function run(image: DiskImage): void {
           pending[i] = false;
           continue;
         }
-        const before = device.stats.completed + device.stats.failed;
+        const before = device.served;
         pending[i] = device.processQueue(i, data.budget, stopRequested);
-        const served = device.stats.completed + device.stats.failed - before;
+        const served = device.served - before;
         if (served > 0) {
           Atomics.add(ctl, Ctl.COMPLETED, served);
           lastWork = performance.now();
@@ -324,7 +348,7 @@ function run(image: DiskImage): void {
     post({ type: "error", ...failure });
   }
 
-  const exit: BlkWorkerExit = { queues: queueStates(), stats: device.stats };
+  const exit: BlkWorkerExit = { queues: queueStates(), stats: withCpu(device.stats) };
   if (failure) exit.error = failure;
   try {
     image.close();
