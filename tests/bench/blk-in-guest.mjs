@@ -2,11 +2,11 @@
 // boots the same kernel + initrd (the default guest kit plus a static blkbench)
 // under each VMM with a 256 MiB disk image as the guest's /dev/vda, runs
 // `blkbench -t SECONDS /dev/vda` in the guest and prints one
-//   @@RESULT {format, vmm, ok, workloads: [...], wallMs, peakRssKiB, code, status, retried?, error?}
-// line per (format, VMM). peakRssKiB is the VMM process's VmHWM (for tskvm the
+//   @@RESULT {run, format, vmm, ok, workloads: [...], wallMs, peakRssKiB, code, status, retried?, error?}
+// line per (run, format, VMM). peakRssKiB is the VMM process's VmHWM (for tskvm the
 // node process), polled while it runs; the last value read before it exited.
 //
-//   node blk-in-guest.mjs KERNEL INITRD [FORMATS=raw[,qcow2]] [SECONDS=3] [VMMS=tskvm,qemu,qemu-iothread]
+//   node blk-in-guest.mjs KERNEL INITRD [FORMATS=raw[,qcow2]] [SECONDS=3] [VMMS=tskvm,qemu,qemu-iothread] [RUNS=1]
 //
 // Images live on $SANDBOX_WORK (a tmpfs in the sandbox; else a temp dir), 256 MiB,
 // filled with non-zero data first so reads read data: raw by writing it, qcow2 by
@@ -19,23 +19,30 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
-const [kernel, initrd, formatsArg = "raw", secondsArg = "3", vmmsArg = "tskvm,qemu,qemu-iothread"] =
-  process.argv.slice(2);
+const [
+  kernel,
+  initrd,
+  formatsArg = "raw",
+  secondsArg = "3",
+  vmmsArg = "tskvm,qemu,qemu-iothread",
+  runsArg = "1",
+] = process.argv.slice(2);
 if (!kernel || !initrd) {
-  console.error("usage: blk-in-guest.mjs KERNEL INITRD [FORMATS] [SECONDS] [VMMS]");
+  console.error("usage: blk-in-guest.mjs KERNEL INITRD [FORMATS] [SECONDS] [VMMS] [RUNS]");
   process.exit(2);
 }
 const formats = formatsArg.split(",").filter(Boolean);
 const vmms = vmmsArg.split(",").filter(Boolean);
 const seconds = Number(secondsArg);
+const runs = Number(runsArg);
 const IMAGE_MIB = 256;
 // Boot (20-40 s nested) + 5 workloads of SECONDS + drains, with a wide margin.
 const RUN_TIMEOUT_MS =
   Number(process.env.TSKVM_BENCH_BLK_RUN_TIMEOUT ?? 0) * 1000 || 180_000 + 10_000 * seconds;
 // The nested guest sometimes hangs early in boot (the sandbox's known rare hang): a run whose
-// console stays silent this long is hung. Booting prints steadily; blkbench prints a line per
-// workload.
-const SILENCE_MS = 60_000 + 3_000 * seconds;
+// console stays silent this long is hung. With `quiet` the boot prints little until the
+// command's begin marker (~20-45 s in the sandbox); blkbench prints a line per workload.
+const SILENCE_MS = 90_000 + 3_000 * seconds;
 const root = fileURLToPath(new URL("../../", import.meta.url));
 const cli = join(root, "packages/cli/dist/main.js");
 const work = process.env.SANDBOX_WORK ?? mkdtempSync(join(tmpdir(), "tskvm-blkbench-"));
@@ -45,7 +52,9 @@ const log = (line) => process.stderr.write(`[blk-in-guest] ${line}\n`);
 const emit = (row) => process.stdout.write(`@@RESULT ${JSON.stringify(row)}\n`);
 
 const cmd = `/blkbench -t ${seconds} /dev/vda`;
-const cmdParam = `tskvm.cmd64=${Buffer.from(cmd).toString("base64")}`;
+// `quiet`: the boot's console chatter goes through an emulated UART (slow in the sandbox)
+// and is not what is measured.
+const cmdParam = `quiet tskvm.cmd64=${Buffer.from(cmd).toString("base64")}`;
 
 function makeRawImage(path) {
   // Non-zero, varied data: one random MiB, its first 8 bytes rewritten per MiB.
@@ -194,8 +203,10 @@ function parseRun(r) {
   }
   let error;
   if (r.timedOut) error = `hung: ${r.timedOut}`;
-  else if (status === undefined) error = `no status line (exit ${r.code ?? r.signal})`;
-  else if (status !== 0) error = `blkbench exited with status ${status}`;
+  else if (status === undefined) {
+    const why = r.err.trim().split("\n").pop();
+    error = `no status line (exit ${r.code ?? r.signal}${why ? `: ${why.slice(0, 200)}` : ""})`;
+  } else if (status !== 0) error = `blkbench exited with status ${status}`;
   else if (r.code !== 0) error = `VMM exit ${r.code ?? r.signal}`;
   else if (workloads.length === 0) error = "no workload lines";
   return { status, workloads, error };
@@ -246,32 +257,32 @@ async function runOne(format, vmm, image) {
   }
 }
 
+const images = { raw: join(work, "blk.raw"), qcow2: join(work, "blk.qcow2") };
 try {
+  for (const f of formats) if (!images[f]) throw new Error(`unknown format ${f}`);
   const hasDisk = vmms.includes("tskvm") ? tskvmHasDisk() : false;
-  const raw = join(work, "blk.raw");
   let t = performance.now();
-  makeRawImage(raw);
-  log(`raw image ${raw} filled in ${Math.round(performance.now() - t)} ms`);
-  for (const format of formats) {
-    let image = raw;
-    if (format === "qcow2") {
-      image = join(work, "blk.qcow2");
-      t = performance.now();
-      sh(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, image]);
-      log(`qcow2 image ${image} converted in ${Math.round(performance.now() - t)} ms`);
-    } else if (format !== "raw") {
-      throw new Error(`unknown format ${format}`);
-    }
-    for (const vmm of vmms) {
-      if (vmm === "tskvm" && !hasDisk) {
-        emit({ format, vmm, ok: false, skipped: "tskvm run has no -d/--disk yet", workloads: [] });
-        continue;
+  makeRawImage(images.raw);
+  log(`raw image ${images.raw} filled in ${Math.round(performance.now() - t)} ms`);
+  if (formats.includes("qcow2")) {
+    t = performance.now();
+    sh(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", images.raw, images.qcow2]);
+    log(`qcow2 image ${images.qcow2} converted in ${Math.round(performance.now() - t)} ms`);
+  }
+  // Round-robin over runs, so that drift in the (emulated) machine spreads over every VMM.
+  for (let run = 0; run < runs; run++) {
+    for (const format of formats) {
+      for (const vmm of vmms) {
+        if (vmm === "tskvm" && !hasDisk) {
+          if (run === 0)
+            emit({ format, vmm, run, ok: false, skipped: "tskvm run has no -d/--disk yet", workloads: [] });
+          continue;
+        }
+        emit({ run, ...(await runOne(format, vmm, images[format])) });
       }
-      emit(await runOne(format, vmm, image));
     }
-    if (image !== raw) rmSync(image, { force: true });
   }
 } finally {
-  rmSync(join(work, "blk.raw"), { force: true });
+  for (const image of Object.values(images)) rmSync(image, { force: true });
   if (ownWork) rmSync(work, { recursive: true, force: true });
 }

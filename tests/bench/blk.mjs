@@ -3,9 +3,11 @@
 //
 //   node bench/blk.mjs                                  (from tests/; part of `pnpm bench`)
 //   TSKVM_BENCH_BLK_FORMATS=raw,qcow2 node bench/blk.mjs  the whole matrix on both formats
+//   TSKVM_BENCH_BLK_RUNS=3 ...                           medians of 3 runs per VMM and format
 //
 // Environment: TSKVM_BENCH_BLK_FORMATS (raw; comma list of raw, qcow2), TSKVM_BENCH_BLK_SECONDS
-// (3, per workload), TSKVM_BENCH_BLK_VMMS (tskvm,qemu,qemu-iothread), TSKVM_BENCH_BLK_JSON
+// (3, per workload), TSKVM_BENCH_BLK_VMMS (tskvm,qemu,qemu-iothread), TSKVM_BENCH_BLK_RUNS (1;
+// more runs, round-robin, give medians: the sandbox is noisy), TSKVM_BENCH_BLK_JSON
 // (where the rows go; default bench/results/blk-DATE.json), TSKVM_E2E_TARGET (host|sandbox).
 //
 // blkbench.c is compiled static with gcc and appended, as a second gzip'd cpio archive,
@@ -21,6 +23,7 @@ import { e2eTarget, runOnTarget } from "../dist/index.js";
 
 const formats = (process.env.TSKVM_BENCH_BLK_FORMATS ?? "raw").split(",").filter(Boolean);
 const seconds = Number(process.env.TSKVM_BENCH_BLK_SECONDS ?? 3);
+const runs = Number(process.env.TSKVM_BENCH_BLK_RUNS ?? 1);
 const vmms = (process.env.TSKVM_BENCH_BLK_VMMS ?? "tskvm,qemu,qemu-iothread").split(",").filter(Boolean);
 const here = dirname(fileURLToPath(import.meta.url));
 const cacheDir = join(defaultCacheDir(), "bench");
@@ -69,27 +72,35 @@ const script = join(here, "blk-in-guest.mjs");
 const perRunMs = 180_000 + 10_000 * seconds;
 const { results: rows, log } = await runOnTarget(
   script,
-  [kit.kernel, initrd, formats.join(","), String(seconds), vmms.join(",")],
-  { timeoutMs: 5 * 60_000 + formats.length * vmms.length * 2 * perRunMs },
+  [kit.kernel, initrd, formats.join(","), String(seconds), vmms.join(","), String(runs)],
+  { timeoutMs: 5 * 60_000 + runs * formats.length * vmms.length * 2 * perRunMs },
 );
 
 const date = new Date().toISOString();
 const names = { tskvm: "tskvm", qemu: "QEMU", "qemu-iothread": "QEMU+iothread" };
 const label = (w) => `${w.workload} ${w.bs >= 1 << 20 ? `${w.bs >> 20}M` : `${w.bs >> 10}k`} qd${w.depth}`;
-const fmt = (x, digits) => (typeof x === "number" ? x.toFixed(digits) : "—");
+const fmt = (x, digits) => (typeof x === "number" && Number.isFinite(x) ? x.toFixed(digits) : "—");
+const median = (xs) => {
+  const s = xs.filter((x) => typeof x === "number").sort((a, b) => a - b);
+  if (s.length === 0) return undefined;
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
 
 console.log(`\nguest block I/O (${target.kind}: ${target.reason})`);
 console.log(
   `default guest kit + blkbench (O_DIRECT, native AIO) on /dev/vda, 1 vCPU, 256 MiB RAM, ` +
-    `${seconds} s per workload, 256 MiB image on tmpfs; MB/s = 10^6 B/s; ${date}`,
+    `${seconds} s per workload, 256 MiB image on tmpfs, ${runs === 1 ? "1 run" : `median of ${runs} runs`}; ` +
+    `MB/s = 10^6 B/s; ${date}`,
 );
 for (const format of formats) {
-  const byVmm = Object.fromEntries(
-    vmms.map((v) => [v, rows.find((r) => r.format === format && r.vmm === v)]),
+  const all = Object.fromEntries(
+    vmms.map((v) => [v, rows.filter((r) => r.format === format && r.vmm === v)]),
   );
+  const ok = Object.fromEntries(vmms.map((v) => [v, all[v].filter((r) => r.ok)]));
   const labels = [];
   for (const v of vmms)
-    for (const w of byVmm[v]?.workloads ?? []) if (!labels.includes(label(w))) labels.push(label(w));
+    for (const r of ok[v]) for (const w of r.workloads) if (!labels.includes(label(w))) labels.push(label(w));
   console.log(`\n${format} image\n`);
   console.log(
     `| workload | ${vmms.map((v) => `${names[v] ?? v} MB/s | ${names[v] ?? v} IOPS`).join(" | ")} |`,
@@ -97,23 +108,25 @@ for (const format of formats) {
   console.log(`|---|${vmms.map(() => "---:|---:").join("|")}|`);
   for (const l of labels) {
     const cells = vmms.map((v) => {
-      const w = byVmm[v]?.workloads.find((x) => label(x) === l);
-      return `${fmt(w?.mbps, 1)} | ${fmt(w?.iops, 0)}`;
+      const ws = ok[v].flatMap((r) => r.workloads.filter((w) => label(w) === l));
+      return `${fmt(median(ws.map((w) => w.mbps)), 1)} | ${fmt(median(ws.map((w) => w.iops)), 0)}`;
     });
     console.log(`| ${l} | ${cells.join(" | ")} |`);
   }
   console.log("");
-  console.log("| VMM | peak RSS (MiB) | wall (s) | result |");
-  console.log("|---|---:|---:|---|");
+  console.log("| VMM | peak RSS (MiB, max) | wall (s, median) | runs ok | notes |");
+  console.log("|---|---:|---:|---:|---|");
   for (const v of vmms) {
-    const r = byVmm[v];
-    const result = !r
-      ? "no result"
-      : r.skipped
-        ? `skipped: ${r.skipped}`
-        : `${r.ok ? "ok" : `FAILED: ${r.error}`}${r.retried ? ` (RETRIED after: ${r.retried.error})` : ""}`;
+    const rs = all[v];
+    const rss = rs.map((r) => r.peakRssKiB).filter((x) => typeof x === "number");
+    const notes = [
+      ...rs.filter((r) => r.skipped).map((r) => `skipped: ${r.skipped}`),
+      ...rs.filter((r) => r.retried).map((r) => `run ${r.run} RETRIED after: ${r.retried.error}`),
+      ...rs.filter((r) => !r.ok && !r.skipped).map((r) => `run ${r.run} FAILED: ${r.error}`),
+    ];
     console.log(
-      `| ${names[v] ?? v} | ${fmt(r?.peakRssKiB === undefined ? undefined : r.peakRssKiB / 1024, 1)} | ${fmt(r?.wallMs === undefined ? undefined : r.wallMs / 1000, 1)} | ${result} |`,
+      `| ${names[v] ?? v} | ${fmt(rss.length ? Math.max(...rss) / 1024 : undefined, 1)} | ` +
+        `${fmt(median(ok[v].map((r) => r.wallMs / 1000)), 1)} | ${ok[v].length}/${rs.filter((r) => !r.skipped).length} | ${notes.join("; ")} |`,
     );
   }
 }
@@ -124,11 +137,11 @@ const jsonPath =
 mkdirSync(dirname(jsonPath), { recursive: true });
 writeFileSync(
   jsonPath,
-  `${JSON.stringify({ date, target: { kind: target.kind, reason: target.reason }, seconds, formats, vmms, rows }, null, 2)}\n`,
+  `${JSON.stringify({ date, target: { kind: target.kind, reason: target.reason }, seconds, runs, formats, vmms, rows }, null, 2)}\n`,
 );
 console.log(`\nrows: ${jsonPath}`);
 
-const expected = formats.length * vmms.length;
+const expected = runs * formats.length * vmms.length - rows.filter((r) => r.skipped).length * (runs - 1);
 if (rows.length < expected || rows.some((r) => !r.ok && !r.skipped)) {
   console.error(
     `\nsome runs failed or are missing (${rows.length}/${expected} rows); the run's output:\n${log}`,

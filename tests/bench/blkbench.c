@@ -121,7 +121,7 @@ static void run(int fd, uint64_t devsize, const struct workload *w, double secon
     }
   }
 
-  /* Prepares iocb i for the next request; returns 0 when the budget allows no more. */
+  /* PREP(i): iocb i for the next request (sequential or random block); counts it in issued. */
   double t0 = now(), deadline = t0 + seconds;
 #define PREP(i)                                                                  \
   do {                                                                           \
