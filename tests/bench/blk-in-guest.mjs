@@ -209,6 +209,9 @@ function parseRun(r) {
   } else if (status !== 0) error = `blkbench exited with status ${status}`;
   else if (r.code !== 0) error = `VMM exit ${r.code ?? r.signal}`;
   else if (workloads.length === 0) error = "no workload lines";
+  else if (workloads.some((w) => w.devbytes !== IMAGE_MIB * 2 ** 20))
+    // e.g. a qcow2 file served as raw
+    error = `the guest's /dev/vda is ${workloads[0].devbytes} bytes, not ${IMAGE_MIB} MiB`;
   return { status, workloads, error };
 }
 

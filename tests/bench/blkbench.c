@@ -17,8 +17,9 @@
  *   fill        1 MiB, depth 8, writes the whole device once (no time limit)
  *
  * Prints one JSON line per workload on stdout:
- *   {"workload":"randread","bs":4096,"depth":32,"ops":N,"bytes":N,"seconds":S,"mbps":M,"iops":I}
- * mbps is 10^6 bytes per second. Any failed syscall or a completion whose result
+ *   {"workload":"randread","bs":4096,"depth":32,"ops":N,"bytes":N,"seconds":S,"mbps":M,"iops":I,
+ *    "devbytes":N}
+ * mbps is 10^6 bytes per second; devbytes is the device's size. Any failed syscall or a completion whose result
  * is not the block size is printed on stderr and the program exits with status 1.
  *
  * Build: gcc -O2 -static -o blkbench blkbench.c
@@ -187,9 +188,9 @@ static void run(int fd, uint64_t devsize, const struct workload *w, double secon
   if (io_destroy_(ctx) != 0) die("io_destroy");
   for (unsigned i = 0; i < w->depth; i++) free(bufs[i]);
   printf("{\"workload\":\"%s\",\"bs\":%u,\"depth\":%u,\"ops\":%llu,\"bytes\":%llu,\"seconds\":%.6f,"
-         "\"mbps\":%.2f,\"iops\":%.1f}\n",
+         "\"mbps\":%.2f,\"iops\":%.1f,\"devbytes\":%llu}\n",
          w->name, w->bs, w->depth, (unsigned long long)ops, (unsigned long long)bytes, secs,
-         (double)bytes / 1e6 / secs, (double)ops / secs);
+         (double)bytes / 1e6 / secs, (double)ops / secs, (unsigned long long)devsize);
   fflush(stdout);
 }
 
