@@ -12,6 +12,26 @@ export interface WriteZeroesOptions {
 }
 
 /**
+ * Several positional reads or writes handed to the disk at once (see
+ * {@link DiskImage.readvBatch}). Flat arrays, so a batch costs no object per
+ * operation: operation i covers the next `iovCounts[i]` entries of `buffers`
+ * (after those of the operations before it) at byte offset `offsets[i]`.
+ */
+export interface DiskIoBatch {
+  /** How many operations: the first `count` entries of `offsets` and `iovCounts`. */
+  count: number;
+  offsets: Float64Array;
+  iovCounts: Int32Array;
+  /** Every operation's buffers, one operation after another. */
+  buffers: readonly Uint8Array[];
+  /**
+   * Filled in by the call: `errors[i]` is operation i's `DiskImageError`, or
+   * undefined when it succeeded.
+   */
+  errors: (DiskImageError | undefined)[];
+}
+
+/**
  * A virtual disk of `size` bytes. All I/O methods are **synchronous**: the
  * virtio-blk device calls them from its own I/O worker thread, one request at a
  * time, with buffers that are views of guest memory (no copies are made).
@@ -49,6 +69,17 @@ export interface DiskImage {
   writev(offset: number, buffers: readonly Uint8Array[]): void;
   read(offset: number, buffer: Uint8Array): void;
   write(offset: number, buffer: Uint8Array): void;
+  /**
+   * Optional (raw images): the `batch.count` reads of `batch`, in order, as
+   * one call into the native helper. Each operation is checked and done as
+   * `readv` would, but a failure (a `RANGE` error, a system call error) fails
+   * only that operation: it lands in `batch.errors` and the others go on.
+   * Returns how many failed. Throws only what concerns the whole call
+   * (`CLOSED`, `INVALID` arrays).
+   */
+  readvBatch?(batch: DiskIoBatch): number;
+  /** Optional: `writev` for each operation of `batch`, as {@link readvBatch}; `READ_ONLY` throws. */
+  writevBatch?(batch: DiskIoBatch): number;
   /**
    * Makes every write completed before the call durable (fdatasync of the data,
    * then of the metadata that points at it).
@@ -154,6 +185,92 @@ export abstract class DiskImageBase implements DiskImage {
     const length = totalLength(buffers);
     checkRange(this.size, offset, length, this.path, "writev");
     if (length > 0) this.doWritev(offset, buffers, length);
+  }
+
+  /**
+   * Checks a batch as `readv` / `writev` check each request: throws for the
+   * whole call (closed, read-only writes, malformed arrays); an operation
+   * with a bad range or buffer gets its error in `batch.errors`. Clears the
+   * other entries of `errors`. Returns how many operations failed.
+   */
+  protected checkBatch(batch: DiskIoBatch, write: boolean): number {
+    const what = write ? "writevBatch" : "readvBatch";
+    if (write) this.checkWritable(what);
+    else this.checkOpen(what);
+    const { count, offsets, iovCounts, buffers, errors } = batch;
+    if (
+      !Number.isSafeInteger(count) ||
+      count < 0 ||
+      !(offsets instanceof Float64Array) ||
+      !(iovCounts instanceof Int32Array) ||
+      count > offsets.length ||
+      count > iovCounts.length ||
+      !Array.isArray(buffers) ||
+      !Array.isArray(errors)
+    )
+      throw new DiskImageError("INVALID", `${what}: malformed batch`, { path: this.path });
+    let at = 0;
+    let failed = 0;
+    for (let i = 0; i < count; i++) {
+      const n = iovCounts[i]!;
+      if (n < 0 || at + n > buffers.length)
+        throw new DiskImageError("INVALID", `${what}: the iovec counts exceed the buffers`, {
+          path: this.path,
+        });
+      let length = 0;
+      let error: DiskImageError | undefined;
+      for (let j = at; j < at + n; j++) {
+        const b = buffers[j];
+        if (!(b instanceof Uint8Array)) {
+          error = new DiskImageError("INVALID", `${what}: every buffer must be a Uint8Array`, {
+            path: this.path,
+          });
+          break;
+        }
+        length += b.byteLength;
+      }
+      at += n;
+      if (error === undefined) {
+        try {
+          checkRange(this.size, offsets[i]!, length, this.path, what);
+        } catch (e) {
+          error = e as DiskImageError;
+        }
+      }
+      errors[i] = error;
+      if (error !== undefined) failed++;
+    }
+    return failed;
+  }
+
+  /**
+   * A batch as one `readv` / `writev` per operation (each error caught and
+   * recorded), for backends without a faster way; `checkBatch` has run.
+   */
+  protected eachOfBatch(batch: DiskIoBatch, write: boolean): number {
+    const { count, offsets, iovCounts, buffers, errors } = batch;
+    let failed = 0;
+    let at = 0;
+    for (let i = 0; i < count; i++) {
+      const n = iovCounts[i]!;
+      const list = buffers.slice(at, at + n);
+      at += n;
+      if (errors[i] !== undefined) {
+        failed++;
+        continue;
+      }
+      try {
+        if (write) this.writev(offsets[i]!, list);
+        else this.readv(offsets[i]!, list);
+      } catch (e) {
+        errors[i] =
+          e instanceof DiskImageError
+            ? e
+            : new DiskImageError("EIO", String(e), { path: this.path, cause: e });
+        failed++;
+      }
+    }
+    return failed;
   }
 
   read(offset: number, buffer: Uint8Array): void {

@@ -1,4 +1,4 @@
-export type { DiskImage, DiskImageFormat, WriteZeroesOptions } from "./disk-image.js";
+export type { DiskImage, DiskImageFormat, DiskIoBatch, WriteZeroesOptions } from "./disk-image.js";
 export { checkRange, DiskImageBase } from "./disk-image.js";
 export type { DiskImageErrorCode, DiskImageErrorDetails } from "./errors.js";
 export { DiskImageError, isDiskImageError } from "./errors.js";

@@ -15,8 +15,25 @@ export interface NativeConstants {
   F_UNLCK: number;
 }
 
-/** The C++ addon: fallocate(2) and fcntl(2) OFD locks only. Every policy is in TypeScript. */
+/** The C++ addon: fallocate(2), fcntl(2) OFD locks and batched preadv/pwritev. Every policy is in TypeScript. */
 export interface NativeBinding {
+  /**
+   * `count` positional reads (`write` false) or writes, in order, one
+   * preadv / pwritev loop each: operation i covers the next `iovCounts[i]`
+   * entries of `buffers` at `offsets[i]`. Retries EINTR, continues short
+   * transfers, zero-fills a read past the end of the file. `results[i]` gets
+   * the bytes transferred (the operation's whole length) or -errno: an error
+   * fails only its own operation. Throws TypeError (nothing done) for bad arguments.
+   */
+  rwBatch(
+    fd: number,
+    write: boolean,
+    count: number,
+    offsets: Float64Array,
+    iovCounts: Int32Array,
+    buffers: readonly Uint8Array[],
+    results: Float64Array,
+  ): void;
   fallocate(fd: number, mode: number, offset: number, length: number): void;
   /** Returns the `l_type` the kernel left in the struct (F_UNLCK from F_OFD_GETLK: no conflict). */
   ofdLock(fd: number, cmd: number, type: number, start: number, length: number): number;

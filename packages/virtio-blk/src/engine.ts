@@ -1,4 +1,4 @@
-import type { DiskImage } from "@tskvm/disk-image";
+import type { DiskImage, DiskImageError, DiskIoBatch } from "@tskvm/disk-image";
 import {
   type BlkStatus,
   SECTOR_SIZE,
@@ -73,6 +73,104 @@ export class BlockEngine {
     if (options.serial) serial.set(options.serial.subarray(0, VIRTIO_BLK_ID_BYTES));
     this.#serial = serial;
     this.#mayUnmap = options.mayUnmap ?? true;
+  }
+
+  /**
+   * Executes `requests` in order, as {@link execute} would one by one, and
+   * puts each one's result in `results` (same index). Runs of consecutive IN
+   * (or OUT) requests go to the disk as one batch when it has `readvBatch` /
+   * `writevBatch` (one native call: one preadv / pwritev per request); a
+   * disk error fails only its own request. Reads and writes are never
+   * reordered, and anything else (FLUSH, DISCARD, …) runs alone after the
+   * requests before it have completed. Nothing here throws.
+   */
+  executeAll(requests: readonly BlockRequest[], results: BlockResult[]): void {
+    const image = this.image;
+    const n = requests.length;
+    let i = 0;
+    while (i < n) {
+      const req = requests[i]!;
+      const type = req.type;
+      const batched =
+        (type === "in" && image.readvBatch !== undefined) ||
+        (type === "out" && image.writevBatch !== undefined && !image.readOnly);
+      if (!batched) {
+        results[i] = this.execute(req);
+        i++;
+        continue;
+      }
+      let end = i + 1;
+      while (end < n && requests[end]!.type === type) end++;
+      if (end - i === 1) {
+        results[i] = this.execute(req);
+        i++;
+        continue;
+      }
+      this.#runBatch(requests, i, end, type === "out", results);
+      i = end;
+    }
+  }
+
+  readonly #batch: DiskIoBatch = {
+    count: 0,
+    offsets: new Float64Array(64),
+    iovCounts: new Int32Array(64),
+    buffers: [],
+    errors: [],
+  };
+
+  /** requests[start, end): all IN, or all OUT, in one readvBatch / writevBatch. */
+  #runBatch(
+    requests: readonly BlockRequest[],
+    start: number,
+    end: number,
+    write: boolean,
+    results: BlockResult[],
+  ): void {
+    const b = this.#batch;
+    const count = end - start;
+    if (b.offsets.length < count) {
+      const size = Math.max(count, b.offsets.length * 2);
+      b.offsets = new Float64Array(size);
+      b.iovCounts = new Int32Array(size);
+    }
+    const buffers = b.buffers as Uint8Array[];
+    buffers.length = 0;
+    for (let k = 0; k < count; k++) {
+      const req = requests[start + k] as Extract<BlockRequest, { type: "in" | "out" }>;
+      b.offsets[k] = req.sector * SECTOR_SIZE;
+      b.iovCounts[k] = req.buffers.length;
+      for (const v of req.buffers) buffers.push(v);
+    }
+    b.count = count;
+    const errors = b.errors;
+    try {
+      if (write) this.image.writevBatch!(b);
+      else this.image.readvBatch!(b);
+    } catch (e) {
+      // The whole call failed (e.g. the disk was closed): every request of it fails.
+      for (let k = 0; k < count; k++) results[start + k] = this.#fail(e);
+      buffers.length = 0;
+      return;
+    }
+    const s = this.stats;
+    for (let k = 0; k < count; k++) {
+      const req = requests[start + k] as Extract<BlockRequest, { type: "in" | "out" }>;
+      const error: DiskImageError | undefined = errors[k];
+      if (error !== undefined) {
+        errors[k] = undefined;
+        results[start + k] = this.#fail(error);
+      } else if (write) {
+        s.writes++;
+        s.bytesWritten += req.length;
+        results[start + k] = { status: VIRTIO_BLK_S_OK, written: 0 };
+      } else {
+        s.reads++;
+        s.bytesRead += req.length;
+        results[start + k] = { status: VIRTIO_BLK_S_OK, written: req.length };
+      }
+    }
+    buffers.length = 0; // no references to guest memory kept between batches
   }
 
   execute(req: BlockRequest): BlockResult {

@@ -487,3 +487,147 @@ describe("parseBlockRequest fast paths", () => {
     }
   });
 });
+
+describe("batched disk I/O", () => {
+  /** Records the image calls in order; `onCall` may look at the disk or change the answer. */
+  const recording = (log: string[], onCall?: (name: string, args: unknown[], result: unknown) => void) => {
+    return (image: DiskImage): DiskImage =>
+      new Proxy(image, {
+        get(target, prop, receiver) {
+          const v = Reflect.get(target, prop, receiver);
+          if (typeof v !== "function" || prop === "close") return v;
+          return (...args: unknown[]) => {
+            const name = String(prop);
+            log.push(name.endsWith("Batch") ? `${name}(${(args[0] as { count: number }).count})` : name);
+            const result = (v as (...a: unknown[]) => unknown).apply(target, args);
+            onCall?.(name, args, result);
+            return result;
+          };
+        },
+      });
+  };
+
+  it("one kick: writes, a FLUSH, more writes and reads — the FLUSH ends the batch and follows the writes before it", () => {
+    const log: string[] = [];
+    let r!: Rig;
+    let atFlush: Uint8Array | undefined;
+    r = rig({
+      wrapImage: recording(log, (name) => {
+        if (name === "flush") atFlush = disk(r);
+      }),
+    });
+    const d = [pattern(1024, 1), pattern(512, 2), pattern(2048, 3), pattern(512, 4)];
+    const out = (sector: number, data: Uint8Array) => [
+      { data: header(VIRTIO_BLK_T_OUT, sector) },
+      { data },
+      { length: 1 },
+    ];
+    const heads = [
+      r.driver.submit(out(0, d[0]!)),
+      r.driver.submit(out(8, d[1]!)),
+      r.driver.submit([{ data: header(VIRTIO_BLK_T_FLUSH) }, { length: 1 }]),
+      r.driver.submit(out(16, d[2]!)),
+      r.driver.submit(out(0, d[3]!)),
+      r.driver.submit([{ data: header(VIRTIO_BLK_T_IN, 0) }, { length: 1024 }, { length: 1 }]),
+      r.driver.submit([{ data: header(VIRTIO_BLK_T_IN, 16) }, { length: 2048 }, { length: 1 }]),
+    ];
+    r.driver.kick();
+    const done = r.driver.reap();
+    expect(done.map((c) => c.head)).toEqual(heads); // completed in ring order
+    expect(done.map((c) => [c.status, c.len])).toEqual([
+      [0, 1],
+      [0, 1],
+      [0, 1],
+      [0, 1],
+      [0, 1],
+      [0, 1025],
+      [0, 2049],
+    ]);
+    // Two writes in one batch, then the flush, then the rest.
+    expect(log.filter((x) => x !== "readv" && x !== "writev")).toEqual([
+      "writevBatch(2)",
+      "flush",
+      "writevBatch(2)",
+      "readvBatch(2)",
+    ]);
+    // At the flush the writes before it were on the disk, the ones after it not yet.
+    expect(same(atFlush!.subarray(0, 1024), d[0]!)).toBe(true);
+    expect(same(atFlush!.subarray(8 * 512, 9 * 512), d[1]!)).toBe(true);
+    expect(same(atFlush!.subarray(16 * 512, 20 * 512), sectorBytes(r, 16, 2048))).toBe(true);
+    // Reads after writes in the same batch see them (never reordered).
+    expect(same(done[5]!.data, concat2(d[3]!, d[0]!.subarray(512)))).toBe(true);
+    expect(same(done[6]!.data, d[2]!)).toBe(true);
+    expect(r.device.stats).toMatchObject({ writes: 4, flushes: 1, reads: 2, completed: 7, ioErrors: 0 });
+  });
+
+  it("a disk error or a driver mistake in the middle of a batch fails only that request", () => {
+    const log: string[] = [];
+    const r = rig({
+      wrapImage: recording(log, (name, args) => {
+        if (name === "readvBatch") {
+          const b = args[0] as { errors: unknown[] };
+          b.errors[1] = new DiskImageError("EIO", "injected I/O error", { path: "x" });
+        }
+      }),
+    });
+    const read = (sector: number) => [
+      { data: header(VIRTIO_BLK_T_IN, sector) },
+      { length: 512 },
+      { length: 1 },
+    ];
+    const heads = [
+      r.driver.submit(read(1)),
+      r.driver.submit(read(2)), // the disk fails this one
+      r.driver.submit(read(2048)), // one past the end: the driver's mistake
+      r.driver.submit([{ data: header(VIRTIO_BLK_T_IN, 3) }]), // no status byte
+      r.driver.submit(read(3)),
+    ];
+    r.driver.kick();
+    const done = r.driver.reap();
+    expect(done.map((c) => c.head)).toEqual(heads);
+    expect(done.map((c) => [c.status, c.len])).toEqual([
+      [VIRTIO_BLK_S_OK, 513],
+      [VIRTIO_BLK_S_IOERR, 1],
+      [VIRTIO_BLK_S_IOERR, 1],
+      [undefined, 0],
+      [VIRTIO_BLK_S_OK, 513],
+    ]);
+    expect(log).toEqual(["readvBatch(3)"]);
+    expect(same(done[0]!.data, sectorBytes(r, 1, 512))).toBe(true);
+    expect(same(done[4]!.data, sectorBytes(r, 3, 512))).toBe(true);
+    expect(r.device.stats).toMatchObject({ reads: 2, ioErrors: 1, rejected: 1, failed: 1, completed: 4 });
+  });
+
+  it("without batch methods (e.g. qcow2) every request goes alone, same answers", () => {
+    const log: string[] = [];
+    const strip = (image: DiskImage): DiskImage =>
+      new Proxy(image, {
+        get(target, prop, receiver) {
+          if (prop === "readvBatch" || prop === "writevBatch") return undefined;
+          const v = Reflect.get(target, prop, receiver);
+          if (typeof v !== "function") return v;
+          return (...args: unknown[]) => {
+            log.push(String(prop));
+            return (v as (...a: unknown[]) => unknown).apply(target, args);
+          };
+        },
+      });
+    const r = rig({ wrapImage: strip });
+    const data = pattern(512, 9);
+    r.driver.submit([{ data: header(VIRTIO_BLK_T_OUT, 4) }, { data }, { length: 1 }]);
+    r.driver.submit([{ data: header(VIRTIO_BLK_T_IN, 4) }, { length: 512 }, { length: 1 }]);
+    r.driver.submit([{ data: header(VIRTIO_BLK_T_IN, 5) }, { length: 512 }, { length: 1 }]);
+    r.driver.kick();
+    const done = r.driver.reap();
+    expect(done.map((c) => c.status)).toEqual([0, 0, 0]);
+    expect(same(done[1]!.data, data)).toBe(true);
+    expect(log.filter((x) => x !== "close")).toEqual(["writev", "readv", "readv"]);
+  });
+});
+
+function concat2(a: Uint8Array, b: Uint8Array): Uint8Array {
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
+}
