@@ -138,7 +138,10 @@ describe("the blk I/O worker, transport in the worker (pci over a DeviceChannel)
     expect(report.badDetails).toEqual([]);
     expect(BigInt(`0x${report.features}`) & (1n << 29n)).toBe(1n << 29n); // EVENT_IDX negotiated
     // The VMM-side hooks (register the ioeventfd, route the MSI-X vectors) only ran once the
-    // main thread was free again: they are not on the request path.
+    // main thread was free again: they are not on the request path. Their messages come on the
+    // worker's own port, which the event loop may serve after the driver's report: wait for them.
+    for (let i = 0; i < 200 && (ioeventfds.length === 0 || routes.length < 2); i++)
+      await new Promise((r) => setTimeout(r, 10));
     expect(ioeventfds.length).toBeGreaterThan(0);
     expect(ioeventfds[0]).toMatchObject({ action: "register", queue: 0, region: { space: "mmio" } });
     // The driver placed BAR 0 (as firmware or Linux would); the doorbell is at BAR 0 + 0x3000.
