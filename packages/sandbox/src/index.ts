@@ -20,3 +20,11 @@ export {
   type SandboxOptions,
   type SandboxResult,
 } from "./run.js";
+export {
+  reportScenarios,
+  runScenariosInSandbox,
+  type SandboxScenarios,
+  SCENARIO_RUNNER,
+  type ScenarioResult,
+  type Scenarios,
+} from "./scenarios.js";

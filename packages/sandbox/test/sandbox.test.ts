@@ -7,6 +7,7 @@ import {
   parseJsonLines,
   prepareSandboxImage,
   runInSandbox,
+  runScenariosInSandbox,
   type SandboxImage,
   sandboxPrerequisites,
 } from "../src/index.js";
@@ -155,6 +156,22 @@ describe("runInSandbox", () => {
       expect(elapsed).toBeLessThan(45_000);
       expect(liveSandboxCount()).toBe(0);
       expect(childProcessesMatching("tskvm-sandbox-")).toEqual([]);
+    },
+    2 * BOOT_BUDGET_MS,
+  );
+
+  it(
+    "runs a module's scenarios in one boot and maps their results by name",
+    async () => {
+      const { results, sandbox } = await runScenariosInSandbox(
+        new URL("./fixtures/some-scenarios.mjs", import.meta.url),
+        { timeoutMs: BOOT_BUDGET_MS, env: { EXPECT_SANDBOX: "1" } },
+      );
+      expect(sandbox.exitCode).toBe(0);
+      expect([...results.keys()]).toEqual(["passes", "fails with a message", "async, reports where it runs"]);
+      expect(results.get("passes")?.ok).toBe(true);
+      expect(results.get("fails with a message")?.error).toMatch(/as it should/);
+      expect(results.get("async, reports where it runs")).toMatchObject({ ok: true });
     },
     2 * BOOT_BUDGET_MS,
   );

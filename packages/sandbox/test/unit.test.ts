@@ -1,5 +1,14 @@
+import { spawnSync } from "node:child_process";
+import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
-import { moduleDepends, parseJsonLines, prepareSandboxImage, runInSandbox } from "../src/index.js";
+import {
+  moduleDepends,
+  parseJsonLines,
+  prepareSandboxImage,
+  runInSandbox,
+  SCENARIO_RUNNER,
+  type ScenarioResult,
+} from "../src/index.js";
 
 describe("parseJsonLines", () => {
   it("extracts prefixed JSON lines in order and ignores the rest", () => {
@@ -44,4 +53,32 @@ describe("runInSandbox argument checks (no boot)", () => {
     await expect(runInSandbox("x".repeat(200_000))).rejects.toThrow(/extraFiles/);
     await expect(runInSandbox("true", { cwd: "relative" })).rejects.toThrow(/absolute/);
   }, 600_000);
+});
+
+describe("scenario runner (no boot)", () => {
+  const fixture = fileURLToPath(new URL("./fixtures/some-scenarios.mjs", import.meta.url));
+  const runner = (...args: string[]) =>
+    spawnSync(process.execPath, [SCENARIO_RUNNER, ...args], { encoding: "utf8", timeout: 60_000 });
+
+  it("prints one @@RESULT per scenario, failures with their error, and honours filters", () => {
+    const r = runner(fixture);
+    expect(r.status).toBe(0);
+    const results = parseJsonLines<ScenarioResult>(r.stdout);
+    expect(results.map((x) => [x.name, x.ok])).toEqual([
+      ["passes", true],
+      ["fails with a message", false],
+      ["async, reports where it runs", true],
+    ]);
+    expect(results[1]?.error).toMatch(/as it should/);
+    expect(results[2]?.ms).toBeGreaterThanOrEqual(9);
+    const only = parseJsonLines<ScenarioResult>(runner(fixture, "async", "pass").stdout);
+    expect(only.map((x) => x.name)).toEqual(["passes", "async, reports where it runs"]);
+  });
+
+  it("exits 2 with a message for a missing module argument or a module without scenarios", () => {
+    expect(runner().status).toBe(2);
+    const none = runner("node:os");
+    expect(none.status).toBe(2);
+    expect(none.stderr).toMatch(/exports no `scenarios`/);
+  });
 });
