@@ -230,7 +230,6 @@ export class Machine {
       throw new RangeError(`memMiB must be a whole number of MiB from 2, not ${memMiB}`);
     this.cpus = cpus;
     this.memMiB = memMiB;
-    checkAcceleration(options.allowEmulated ?? false);
 
     this.kernel = parseBzImage(load("kernel", options.kernel));
     this.#initrd = options.initrd === undefined ? undefined : load("initrd", options.initrd);
@@ -259,6 +258,8 @@ export class Machine {
       if (typeof dev === "function") this.#factories.push(dev);
       else this.#addDevice(dev);
     }
+    // Last, so that a bad option or kernel is reported even on a machine without KVM.
+    checkAcceleration(options.allowEmulated ?? false);
     this.#control = controlBlock(cpus);
 
     this.exited = new Promise((resolve) => {

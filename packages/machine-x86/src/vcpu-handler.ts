@@ -285,7 +285,32 @@ export async function createExitHandler(ctx: VcpuWorkerContext<VcpuHandlerData>)
     }
   };
 
+  // The last port or MMIO access, kept as numbers (formatted only when a vCPU dies).
+  let lastKind: "" | "io" | "mmio" = "";
+  let lastWrite = false;
+  let lastAddress = 0;
+  const lastAccess = () =>
+    lastKind === ""
+      ? "no port or MMIO exit before it"
+      : `its last exit was an ${lastKind} ${lastWrite ? "write to" : "read from"} ${hex(lastAddress)}`;
+
+  // AMD SVM leaves the VMCB undefined after a shutdown intercept, so KVM resets the vCPU
+  // (rip 0xfff0, cr0 0x10) before the exit: the registers no longer say where it faulted.
+  const shutdownNote = () => {
+    try {
+      const r = vcpu.getRegs();
+      const s = vcpu.getSregs();
+      const reset = r.rip === 0xfff0n && s.cs.base === 0xffff0000n && (s.cr0 & 1n) === 0n;
+      return reset ? ` (KVM reset its registers on the shutdown; ${lastAccess()})` : `; ${lastAccess()}`;
+    } catch {
+      return `; ${lastAccess()}`;
+    }
+  };
+
   const io = (e: Extract<VcpuExit, { reason: "io" }>) => {
+    lastKind = "io";
+    lastWrite = e.direction === "out";
+    lastAddress = e.port;
     if (pciDevices.length) refreshBars();
     for (let i = 0; i < e.count; i++) {
       const data = e.data.subarray(i * e.size, (i + 1) * e.size);
@@ -299,6 +324,9 @@ export async function createExitHandler(ctx: VcpuWorkerContext<VcpuHandlerData>)
   };
 
   const mmioExit = (e: Extract<VcpuExit, { reason: "mmio" }>) => {
+    lastKind = "mmio";
+    lastWrite = e.isWrite;
+    lastAddress = e.address;
     if (pciDevices.length) refreshBars();
     if (e.isWrite) {
       if (!mmio.write(e.address, e.data)) unhandled("mmio", "out", e.address, e.data.length);
@@ -326,7 +354,7 @@ export async function createExitHandler(ctx: VcpuWorkerContext<VcpuHandlerData>)
           return { stop: "poweroff", detail: `${where()} halted with interrupts disabled` };
         break;
       case "shutdown":
-        return { stop: "triple-fault", detail: `triple fault on ${where()}` };
+        return { stop: "triple-fault", detail: `triple fault on ${where()}${shutdownNote()}` };
       case "systemEvent":
         if (exit.type === "shutdown") return { stop: "poweroff", detail: "KVM system event: shutdown" };
         if (exit.type === "reset") return { stop: "reboot", detail: "KVM system event: reset" };

@@ -15,8 +15,8 @@ import {
   readE820,
   TYPE_OF_LOADER_UNDEFINED,
 } from "../src/index.js";
+import { makeTinyBzImage, RESET_GUEST } from "./fixtures/tiny-guests.mjs";
 import { debianBzImage } from "./helpers/debian-kernel.js";
-import { makeTinyBzImage, RESET_GUEST } from "./helpers/tiny-guest.js";
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { BzImageError, Hdr, parseBzImage, STARTUP_64_OFFSET, XLoadFlags } from "../src/index.js";
+import { makeTinyBzImage, RESET_GUEST } from "./fixtures/tiny-guests.mjs";
 import { debianBzImage } from "./helpers/debian-kernel.js";
-import { makeTinyBzImage, RESET_GUEST } from "./helpers/tiny-guest.js";
 
 function patched(image: Uint8Array, edit: (dv: DataView, b: Uint8Array) => void): Uint8Array {
   const b = image.slice();
