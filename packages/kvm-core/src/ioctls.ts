@@ -127,5 +127,7 @@ export const MAP_SHARED = 1;
 export const MAP_PRIVATE = 2;
 export const MAP_ANONYMOUS = 0x20;
 export const MAP_NORESERVE = 0x4000;
+export const MADV_DONTFORK = 10;
+export const MADV_HUGEPAGE = 14;
 export const EFD_NONBLOCK = 0o4000;
 export const POLLIN = 1;

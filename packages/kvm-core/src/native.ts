@@ -14,10 +14,11 @@ export interface NativeBinding {
     pointerOffset: number,
     target: ArrayBufferView,
   ): number;
-  mmap(length: number, prot: number, flags: number, fd: number, offset: number): number;
+  mmap(length: number, prot: number, flags: number, fd: number, offset: number, alignment?: number): number;
   mappingAddress(id: number): bigint;
   mappingView(id: number, offset: number, length: number): ArrayBuffer;
   unmap(id: number): void;
+  madvise(id: number, offset: number, length: number, advice: number): void;
   eventfd(initval: number, flags: number): number;
   eventfdRead(fd: number): bigint;
   eventfdWrite(fd: number, value: number | bigint): void;

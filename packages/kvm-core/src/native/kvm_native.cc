@@ -144,19 +144,33 @@ Napi::Value IoctlWithPointer(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, r);
 }
 
-// mmap(length, prot, flags, fd, offset) -> mapping id
+// mmap(length, prot, flags, fd, offset, alignment = 0) -> mapping id.
+// A power-of-two alignment (anonymous mappings only) over-maps and trims, so
+// that huge pages can back the whole range.
 Napi::Value Mmap(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int64_t length = 0, prot = 0, flags = 0, fd = -1, offset = 0;
+  int64_t length = 0, prot = 0, flags = 0, fd = -1, offset = 0, align = 0;
   if (!GetInt(info, 0, &length) || !GetInt(info, 1, &prot) || !GetInt(info, 2, &flags) || !GetInt(info, 3, &fd) ||
-      !GetInt(info, 4, &offset) || length <= 0)
-    return ThrowType(env, "mmap(length, prot, flags, fd, offset)");
-  void* p = ::mmap(nullptr, static_cast<size_t>(length), static_cast<int>(prot), static_cast<int>(flags),
-                   static_cast<int>(fd), static_cast<off_t>(offset));
+      !GetInt(info, 4, &offset) || length <= 0 || (info.Length() > 5 && !GetInt(info, 5, &align)))
+    return ThrowType(env, "mmap(length, prot, flags, fd, offset, alignment?)");
+  if (align < 0 || (align & (align - 1)) != 0 || (align > 0 && fd != -1))
+    return ThrowType(env, "mmap: alignment must be a power of two, for anonymous mappings");
+  size_t len = static_cast<size_t>(length);
+  size_t extra = align > 4096 ? static_cast<size_t>(align) : 0;
+  void* p = ::mmap(nullptr, len + extra, static_cast<int>(prot), static_cast<int>(flags), static_cast<int>(fd),
+                   static_cast<off_t>(offset));
   if (p == MAP_FAILED) return ThrowErrno(env, "mmap", errno);
+  if (extra) {
+    uintptr_t start = reinterpret_cast<uintptr_t>(p);
+    uintptr_t aligned = (start + extra - 1) & ~(static_cast<uintptr_t>(extra) - 1);
+    if (aligned > start) ::munmap(p, aligned - start);
+    size_t tail = start + len + extra - (aligned + len);
+    if (tail) ::munmap(reinterpret_cast<void*>(aligned + len), tail);
+    p = reinterpret_cast<void*>(aligned);
+  }
   std::lock_guard<std::mutex> guard(g_mappings_lock);
   uint32_t id = g_next_mapping++;
-  g_mappings[id] = Mapping{static_cast<uint8_t*>(p), static_cast<size_t>(length), true};
+  g_mappings[id] = Mapping{static_cast<uint8_t*>(p), len, true};
   return Napi::Number::New(env, id);
 }
 
@@ -208,6 +222,21 @@ Napi::Value Unmap(const Napi::CallbackInfo& info) {
                    MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED) return ThrowErrno(env, "mmap", errno);
   it->second.live = false;
+  return env.Undefined();
+}
+
+// madvise(id, offset, length, advice) on part of a live mapping.
+Napi::Value Madvise(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int64_t id = 0, off = 0, len = 0, advice = 0;
+  Mapping m;
+  if (!GetInt(info, 0, &id) || !GetInt(info, 1, &off) || !GetInt(info, 2, &len) || !GetInt(info, 3, &advice))
+    return ThrowType(env, "madvise(id, offset, length, advice)");
+  if (!FindLive(static_cast<uint32_t>(id), &m)) return ThrowErrno(env, "madvise", EBADF);
+  if (off < 0 || len <= 0 || static_cast<uint64_t>(off) + static_cast<uint64_t>(len) > m.length)
+    return ThrowErrno(env, "madvise", ERANGE);
+  if (::madvise(m.addr + off, static_cast<size_t>(len), static_cast<int>(advice)) < 0)
+    return ThrowErrno(env, "madvise", errno);
   return env.Undefined();
 }
 
@@ -313,6 +342,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("mappingAddress", Napi::Function::New(env, MappingAddress));
   exports.Set("mappingView", Napi::Function::New(env, MappingView));
   exports.Set("unmap", Napi::Function::New(env, Unmap));
+  exports.Set("madvise", Napi::Function::New(env, Madvise));
   exports.Set("eventfd", Napi::Function::New(env, EventFd));
   exports.Set("eventfdRead", Napi::Function::New(env, EventFdRead));
   exports.Set("eventfdWrite", Napi::Function::New(env, EventFdWrite));
