@@ -50,6 +50,14 @@ export interface DiskImage {
   /** Logical sector size the guest should see: always 512. */
   readonly sectorSize: number;
   readonly readOnly: boolean;
+  /**
+   * The format was probed from the image's first bytes rather than given. A
+   * probed raw image refuses writes that would make its first sector probe as
+   * another format (`PROBE_GUARD`), as QEMU does: otherwise a guest could write
+   * a qcow2 header naming a host file as its backing file, and read that file
+   * on the next open. Give the format to lift the restriction.
+   */
+  readonly probed: boolean;
   /** discard() may free space (it is always accepted; it is advisory). */
   readonly supportsDiscard: boolean;
   /** writeZeroes() is efficient (deallocates or uses a zero flag) rather than writing zero bytes. */
@@ -138,6 +146,7 @@ export abstract class DiskImageBase implements DiskImage {
     readonly path: string,
     readonly size: number,
     readonly readOnly: boolean,
+    readonly probed = false,
   ) {}
 
   abstract get supportsDiscard(): boolean;

@@ -11,6 +11,8 @@ import { constants } from "node:os";
  * - `UNSUPPORTED` — a valid image or request uses something this package does not implement;
  * - `RANGE` — an offset or length is negative, not an integer or beyond the end of the disk;
  * - `READ_ONLY` — a write to an image opened read-only;
+ * - `PROBE_GUARD` — a write to the first sector of a raw image whose format was probed would
+ *   make it probe as another format (see `DiskImage.probed`); nothing was written;
  * - `CLOSED` — the image was used after `close()`;
  * - `INVALID` — a bad argument that is not a range (wrong type, bad option).
  */
@@ -21,6 +23,7 @@ export type DiskImageErrorCode =
   | "UNSUPPORTED"
   | "RANGE"
   | "READ_ONLY"
+  | "PROBE_GUARD"
   | "CLOSED"
   | "INVALID"
   | "ENOENT"

@@ -6,6 +6,7 @@ export type { ImageInfo, ImageInfoOptions, Qcow2Details } from "./info.js";
 export { createQcow2, imageInfo } from "./info.js";
 export type { OpenDiskImageOptions } from "./open.js";
 export { MAX_BACKING_DEPTH, openDiskImage, openQcow2, probeFormat } from "./open.js";
+export { PROBE_BYTES, probeHead } from "./probe.js";
 export type { CreateQcow2Options } from "./qcow2/create.js";
 export type { FeatureName, HeaderExtension, Qcow2Header } from "./qcow2/format.js";
 export type { Qcow2CacheOptions } from "./qcow2/image.js";

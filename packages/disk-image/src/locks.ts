@@ -34,8 +34,6 @@ export const PERM_WRITE = 1;
 export const PERM_WRITE_UNCHANGED = 2;
 export const PERM_RESIZE = 3;
 
-const PERM_NAMES = ["consistent read", "write", "write unchanged", "resize"];
-
 export interface LockRequest {
   /** Permission bit numbers this open uses. */
   held: readonly number[];
@@ -55,12 +53,30 @@ function isWouldBlock(e: unknown): boolean {
   return c === "EAGAIN" || c === "EACCES" || c === "EWOULDBLOCK";
 }
 
-function lockedError(path: string, write: boolean, why: string): DiskImageError {
-  return new DiskImageError("LOCKED", `image is locked: ${why}`, {
+/**
+ * The LOCKED error, worded by who holds the image: while a writer has it, no
+ * other open works (read-only and snapshot opens deny writers too, as in QEMU),
+ * so only stopping the writer helps; when only readers have it, a writer can
+ * step back to a read-only or snapshot open, which share it.
+ */
+function lockedError(path: string, write: boolean, writerHolds: boolean): DiskImageError {
+  if (writerHolds)
+    return new DiskImageError("LOCKED", "image is locked: another VM or tool is writing to it", {
+      path,
+      hint: "stop it first; while it writes, the image cannot be opened at all, not even read-only or as a snapshot (qemu-img info -U can still inspect it).",
+    });
+  if (write)
+    return new DiskImageError(
+      "LOCKED",
+      "image is locked: another VM or tool has it open read-only (or as a backing file)",
+      {
+        path,
+        hint: "stop it first, or open this image read-only too, or as a snapshot disk (writes go to a throwaway overlay): those share the image with other readers.",
+      },
+    );
+  return new DiskImageError("LOCKED", "image is locked: another VM or tool does not share it", {
     path,
-    hint: write
-      ? "another VM or tool (tskvm, qemu, qemu-img) has it open; stop it first, or open with { snapshot: true } to write to a throwaway overlay, or read-only."
-      : "another VM or tool is writing to it; stop it first (qemu-img info -U / imageInfo() can still inspect it).",
+    hint: "stop the other VM or tool first.",
   });
 }
 
@@ -72,22 +88,6 @@ export function lockImage(fd: number, path: string, request: LockRequest): void 
   const n = native();
   const c = n.constants;
   const write = request.held.includes(PERM_WRITE);
-  const set = (byte: number) => {
-    try {
-      n.ofdLock(fd, c.F_OFD_SETLK, c.F_RDLCK, byte, 1);
-    } catch (e) {
-      if (isWouldBlock(e))
-        throw lockedError(path, write, `byte ${byte} is locked exclusively by another process`);
-      if (errnoCodeOf(e) === "ENOLCK")
-        throw wrapSystemError(
-          e,
-          "lock",
-          path,
-          "the filesystem does not support locks; open with { lock: false } if you are sure nobody else uses the image.",
-        );
-      throw wrapSystemError(e, "lock", path);
-    }
-  };
   const conflicts = (byte: number): boolean => {
     try {
       return n.ofdLock(fd, c.F_OFD_GETLK, c.F_WRLCK, byte, 1) !== c.F_UNLCK;
@@ -95,14 +95,24 @@ export function lockImage(fd: number, path: string, request: LockRequest): void 
       throw wrapSystemError(e, "lock", path);
     }
   };
+  const locked = () => lockedError(path, write, conflicts(PERM_BASE + PERM_WRITE));
+  const set = (byte: number) => {
+    try {
+      n.ofdLock(fd, c.F_OFD_SETLK, c.F_RDLCK, byte, 1);
+    } catch (e) {
+      if (isWouldBlock(e)) throw locked();
+      if (errnoCodeOf(e) === "ENOLCK")
+        throw wrapSystemError(
+          e,
+          "lock",
+          path,
+          "the filesystem does not support locks; open without locking only if you are sure nobody else uses the image.",
+        );
+      throw wrapSystemError(e, "lock", path);
+    }
+  };
   for (const p of request.held) set(PERM_BASE + p);
   for (const p of request.denied) set(SHARED_BASE + p);
-  for (const p of request.held) {
-    if (conflicts(SHARED_BASE + p))
-      throw lockedError(path, write, `another open does not share the "${PERM_NAMES[p]}" permission`);
-  }
-  for (const p of request.denied) {
-    if (conflicts(PERM_BASE + p))
-      throw lockedError(path, write, `another open holds the "${PERM_NAMES[p]}" permission`);
-  }
+  for (const p of request.held) if (conflicts(SHARED_BASE + p)) throw locked();
+  for (const p of request.denied) if (conflicts(PERM_BASE + p)) throw locked();
 }

@@ -3,8 +3,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { DiskImage, DiskImageFormat } from "./disk-image.js";
 import { DiskImageError, wrapSystemError } from "./errors.js";
+import { PROBE_BYTES, probeHead } from "./probe.js";
 import { writeQcow2 } from "./qcow2/create.js";
-import { QCOW2_MAGIC } from "./qcow2/format.js";
 import type { Qcow2CacheOptions, Qcow2DiskImage } from "./qcow2/image.js";
 import { type BackingOpener, openQcow2Image, type Qcow2OpenOptions } from "./qcow2/open.js";
 import { openRaw } from "./raw.js";
@@ -30,8 +30,9 @@ export interface OpenDiskImageOptions extends Qcow2CacheOptions {
 export const MAX_BACKING_DEPTH = 64;
 
 /**
- * Guesses an image's format from its first bytes: the qcow2 magic → `qcow2`,
- * anything else → `raw`.
+ * Guesses an image's format from its first sector: the qcow2 magic → `qcow2`,
+ * anything else → `raw`. Never trust this for an image a guest can write:
+ * `openDiskImage` guards the images it probed (see `DiskImage.probed`).
  */
 export function probeFormat(path: string): DiskImageFormat {
   let fd: number;
@@ -41,10 +42,9 @@ export function probeFormat(path: string): DiskImageFormat {
     throw wrapSystemError(e, "open", path);
   }
   try {
-    const head = new Uint8Array(4);
-    const n = readSync(fd, head, 0, 4, 0);
-    if (n === 4 && new DataView(head.buffer).getUint32(0) === QCOW2_MAGIC) return "qcow2";
-    return "raw";
+    const head = new Uint8Array(PROBE_BYTES);
+    const n = readSync(fd, head, 0, PROBE_BYTES, 0);
+    return probeHead(head.subarray(0, n));
   } catch (e) {
     throw wrapSystemError(e, "read", path);
   } finally {
@@ -105,16 +105,21 @@ function backingOpener(options: OpenDiskImageOptions, chain: string[]): BackingO
 }
 
 function openChained(path: string, options: OpenDiskImageOptions, chain: string[], depth: number): DiskImage {
+  const probed = options.format === undefined;
   const format = options.format ?? probeFormat(path);
   switch (format) {
     case "raw":
-      return openRaw(path, options);
+      return openRaw(path, { ...options, probed });
     case "qcow2":
       if (options.direct)
         throw new DiskImageError("UNSUPPORTED", "direct (O_DIRECT) I/O is only supported for raw images", {
           path,
         });
-      return openQcow2Image(path, options, { backingOpener: backingOpener(options, chain), depth });
+      return openQcow2Image(path, options, {
+        backingOpener: backingOpener(options, chain),
+        depth,
+        probed,
+      });
     default:
       throw new DiskImageError("INVALID", `unknown image format ${JSON.stringify(format)}`, {
         path,
@@ -142,7 +147,7 @@ function openSnapshot(path: string, options: OpenDiskImageOptions): DiskImage {
       return openQcow2Image(
         overlay,
         { ...options, readOnly: false, lock: false },
-        { backing: base, unsafe: true, displayPath: path },
+        { backing: base, unsafe: true, displayPath: path, probed: base.probed },
       );
     } finally {
       unlinkSync(overlay); // the open descriptor keeps it alive until close
@@ -155,8 +160,12 @@ function openSnapshot(path: string, options: OpenDiskImageOptions): DiskImage {
 
 /**
  * Opens a disk image of any supported format. The format is probed unless
- * `format` is given: pass `format: "raw"` for raw images a guest may write,
- * or a guest could make its disk look like a qcow2 image with a backing file.
+ * `format` is given, and the image says which (`probed`). A probed raw image
+ * refuses writes that would make its first sector probe as another format
+ * (`PROBE_GUARD`), as QEMU does, so a guest cannot turn its disk into a qcow2
+ * image whose backing file is a host file; pass `format: "raw"` to lift that.
+ * Backing files are only followed from images whose format was given as, or
+ * probed as, qcow2 on open.
  */
 export function openDiskImage(path: string, options: OpenDiskImageOptions = {}): DiskImage {
   // A read-only snapshot disk is just a read-only disk.

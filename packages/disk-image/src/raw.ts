@@ -1,9 +1,10 @@
 import { closeSync, fdatasyncSync, constants as fsc, fstatSync, openSync, readFileSync } from "node:fs";
 import { DiskImageBase, type DiskIoBatch } from "./disk-image.js";
 import { DiskImageError, errnoCodeOf, sys, wrapSystemError } from "./errors.js";
-import { preadvFull, pwritevFull, zeroBuffer } from "./io.js";
+import { IovCursor, preadvFull, pwritevFull, zeroBuffer } from "./io.js";
 import { lockImage, lockRequestFor } from "./locks.js";
 import { native } from "./native.js";
+import { PROBE_BYTES, probeHead } from "./probe.js";
 
 export interface RawOpenOptions {
   /** Open read-only (shared lock). Default false. */
@@ -22,6 +23,12 @@ export interface RawOpenOptions {
   directAlignment?: number;
   /** Take the image lock (see README: QEMU-compatible OFD locks). Default true. */
   lock?: boolean;
+  /**
+   * The format was probed, not given (`openDiskImage` sets this): writes that
+   * would make the first sector probe as another format fail with
+   * `PROBE_GUARD` (see `DiskImage.probed`). Default false.
+   */
+  probed?: boolean;
 }
 
 /** Filesystems that cannot do a fallocate mode say so with one of these. */
@@ -115,8 +122,15 @@ export class RawDiskImage extends DiskImageBase {
   /** Requests that O_DIRECT could not take and went through the buffered descriptor. */
   directFallbacks = 0;
 
-  constructor(path: string, file: OpenedFile, readOnly: boolean, direct: boolean, alignment: number) {
-    super(path, file.size, readOnly);
+  constructor(
+    path: string,
+    file: OpenedFile,
+    readOnly: boolean,
+    direct: boolean,
+    alignment: number,
+    probed = false,
+  ) {
+    super(path, file.size, readOnly, probed);
     this.fd = file.fd;
     this.direct = direct;
     this.alignment = alignment;
@@ -185,7 +199,42 @@ export class RawDiskImage extends DiskImageBase {
     else this.route(offset, buffers, (fd) => preadvFull(fd, buffers, offset, this.path, length));
   }
 
+  /**
+   * The probe guard (QEMU's raw_probe_write): on a probed raw image, what the
+   * first sector would hold after a write of [offset, offset + length) must
+   * still probe as raw, or the write is refused before anything is written.
+   * `put(head, from, to)` puts the new bytes of head[from, to) in place; the
+   * rest of `head` is the sector's current contents (read only when the write
+   * does not cover it all, so any size or alignment of write is judged by the
+   * whole sector it leaves behind).
+   */
+  private guardProbe(
+    offset: number,
+    length: number,
+    what: string,
+    put: (head: Uint8Array, from: number, to: number) => void,
+  ): void {
+    const headLength = Math.min(PROBE_BYTES, this.size);
+    if (!this.probed || offset >= headLength || length === 0) return;
+    const head = new Uint8Array(headLength);
+    const to = Math.min(headLength, offset + length);
+    if (offset > 0 || to < headLength) this.doReadv(0, [head], headLength);
+    put(head, offset, to);
+    if (probeHead(head) !== "raw")
+      throw new DiskImageError(
+        "PROBE_GUARD",
+        `${what}: refused a write that would make the first sector look like a ${probeHead(head)} image`,
+        {
+          path: this.path,
+          hint: "the image's format was probed, not given, so its first sector must keep probing as raw (a guest could otherwise make it name a host file as its backing file); give the format (raw) to allow such writes.",
+        },
+      );
+  }
+
   protected doWritev(offset: number, buffers: readonly Uint8Array[], length: number): void {
+    this.guardProbe(offset, length, "writev", (head, from, to) =>
+      new IovCursor(buffers).copyTo(head, from, to - from),
+    );
     if (!this.direct) pwritevFull(this.fd, buffers, offset, this.path, length);
     else this.route(offset, buffers, (fd) => pwritevFull(fd, buffers, offset, this.path, length));
   }
@@ -207,7 +256,10 @@ export class RawDiskImage extends DiskImageBase {
    */
   private batch(batch: DiskIoBatch, write: boolean): number {
     const invalid = this.checkBatch(batch, write);
-    if (invalid > 0 || this.direct) return this.eachOfBatch(batch, write);
+    // Writes to the first sector of a probed image go one by one through
+    // writev and its probe guard, each seeing the ones before it on disk.
+    if (invalid > 0 || this.direct || (write && this.batchTouchesHead(batch)))
+      return this.eachOfBatch(batch, write);
     const { count, offsets, iovCounts, buffers, errors } = batch;
     if (this.#results.length < count)
       this.#results = new Float64Array(Math.max(count, this.#results.length * 2));
@@ -232,6 +284,12 @@ export class RawDiskImage extends DiskImageBase {
     return failed;
   }
 
+  private batchTouchesHead(batch: DiskIoBatch): boolean {
+    if (!this.probed) return false;
+    for (let i = 0; i < batch.count; i++) if (batch.offsets[i]! < PROBE_BYTES) return true;
+    return false;
+  }
+
   protected doFlush(): void {
     // fdatasync works on the file, not the descriptor: one call covers both.
     sys("fdatasync", this.path, () => fdatasyncSync(this.fd));
@@ -249,12 +307,15 @@ export class RawDiskImage extends DiskImageBase {
 
   protected doDiscard(offset: number, length: number): void {
     if (!this.canPunch) return;
+    // A discarded range reads as zeros or as before: zeros are the new case.
+    this.guardProbe(offset, length, "discard", (head, from, to) => head.fill(0, from, to));
     const c = native().constants;
     if (!this.fallocate(c.FALLOC_FL_PUNCH_HOLE | c.FALLOC_FL_KEEP_SIZE, offset, length))
       this.canPunch = false;
   }
 
   protected doWriteZeroes(offset: number, length: number, mayUnmap: boolean): void {
+    this.guardProbe(offset, length, "writeZeroes", (head, from, to) => head.fill(0, from, to));
     const c = native().constants;
     if (mayUnmap && this.canPunch) {
       if (this.fallocate(c.FALLOC_FL_PUNCH_HOLE | c.FALLOC_FL_KEEP_SIZE, offset, length)) return;
@@ -296,5 +357,5 @@ export function openRaw(path: string, options: RawOpenOptions = {}): RawDiskImag
   if (!Number.isInteger(alignment) || alignment < 1 || (alignment & (alignment - 1)) !== 0)
     throw new DiskImageError("INVALID", `directAlignment ${alignment} is not a power of two`, { path });
   const file = openImageFile(path, { readOnly, direct, lock: options.lock !== false });
-  return new RawDiskImage(path, file, readOnly, direct, alignment);
+  return new RawDiskImage(path, file, readOnly, direct, alignment, options.probed === true);
 }

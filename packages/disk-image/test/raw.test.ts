@@ -262,12 +262,23 @@ describe("raw: locking", () => {
     a.close();
     const r1 = openRaw(p, { readOnly: true });
     const r2 = openRaw(p, { readOnly: true });
-    expectCode(() => openRaw(p), "LOCKED");
+    const byReaders = expectCode(() => openRaw(p), "LOCKED");
     r1.close();
     expectCode(() => openRaw(p), "LOCKED");
     r2.close();
     const w = openRaw(p);
     w.close();
+    // The message says who holds it, and only suggests what would work: while a
+    // writer holds it, read-only and snapshot opens are refused as well.
+    expect(e.message).toMatch(/image is locked: another VM or tool is writing to it/);
+    expect(e.hint).toMatch(/stop it first/);
+    expect(e.hint).toMatch(/cannot be opened at all, not even read-only or as a snapshot/);
+    expect(byReaders.message).toMatch(/has it open read-only/);
+    expect(byReaders.hint).toMatch(/open this image read-only too, or as a snapshot disk/);
+    for (const x of [e, byReaders]) {
+      expect(x.message.split(p).length, "the path once").toBe(2);
+      expect(`${x.message}`).not.toMatch(/\{|readOnly|snapshot: true|lock: false/);
+    }
     // lock: false opts out
     const x = openRaw(p);
     const y = openRaw(p, { lock: false });

@@ -51,6 +51,8 @@ export interface Qcow2Internals {
   backing: DiskImage | undefined;
   /** Skip fdatasync (throwaway snapshot overlays). */
   unsafe: boolean;
+  /** The format was probed rather than given. */
+  probed?: boolean;
   cache: Qcow2CacheOptions;
 }
 
@@ -136,7 +138,7 @@ export class Qcow2DiskImage extends DiskImageBase {
 
   constructor(path: string, x: Qcow2Internals) {
     const h = x.header;
-    super(path, h.size, x.readOnly);
+    super(path, h.size, x.readOnly, x.probed === true);
     this.header = h;
     this.fd = x.file.fd;
     this.backing = x.backing;

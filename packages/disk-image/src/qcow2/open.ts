@@ -28,6 +28,8 @@ export interface Qcow2OpenContext {
   depth?: number;
   /** The path the image reports (snapshot overlays report their base). */
   displayPath?: string;
+  /** The format was probed rather than given (what `probed` reports). */
+  probed?: boolean;
 }
 
 /**
@@ -89,6 +91,7 @@ export function openQcow2Image(
       readOnly,
       backing,
       unsafe: ctx.unsafe === true,
+      probed: ctx.probed === true,
       cache: options,
     });
     image.prepareForWriting();
