@@ -8,7 +8,7 @@ export {
   cpuVendor,
   findCpuid,
 } from "./arch/cpuid.js";
-export { classifyHalt, type GuestReader, linearToPhysical } from "./arch/halt.js";
+export { classifyHalt, isResetState } from "./arch/halt.js";
 export { ApicDeliveryMode, ApicReg, lvtDeliveryMode, withPcLints } from "./arch/lapic.js";
 export { bootMsrs, MISC_ENABLE_FAST_STRING, Msr } from "./arch/msrs.js";
 export { FPU_FCW, FPU_MXCSR, setupVcpu, type VcpuBootState } from "./arch/vcpu-setup.js";

@@ -9,9 +9,9 @@ import {
   type VcpuExit,
   type VcpuWorkerContext,
 } from "@tskvm/kvm-core";
-import { classifyHalt } from "./arch/halt.js";
+import { classifyHalt, isResetState } from "./arch/halt.js";
 import { RFLAGS_IF } from "./boot/long-mode.js";
-import { Ctl, ProbeSlot, probeSlot, type WorkerMessage } from "./control.js";
+import { Ctl, HaltStatus, ProbeSlot, probeSlot, type WorkerMessage } from "./control.js";
 import { Bus, type BusDevice, getLe, setLe } from "./devices/bus.js";
 import { CMOS_PORT, Cmos, type CmosState } from "./devices/cmos.js";
 import { I8042, I8042_COMMAND_PORT, I8042_DATA_PORT, type I8042State } from "./devices/i8042.js";
@@ -266,9 +266,14 @@ export async function createExitHandler(ctx: VcpuWorkerContext<VcpuHandlerData>)
     post({ type: "unhandled", space, direction, address, size });
   };
 
+  // The BSP runs from the start; an AP once KVM has taken it out of its reset state (SIPI).
+  let started = vcpu.id === 0;
   const probeHalt = () => {
     const regs = vcpu.getRegs();
-    const status = classifyHalt(regs, vcpu.getSregs(), ctx.memory);
+    started ||= !isResetState(regs, vcpu.getSregs());
+    // Only here, in the vCPU's own thread right after KVM_RUN returned, and never for an
+    // AP that may have INIT/SIPI pending (see arch/halt.ts).
+    const status = started ? classifyHalt(vcpu.getMpState(), regs.rflags) : HaltStatus.WAITING_SIPI;
     Atomics.store(control, probeSlot(vcpu.id, ProbeSlot.RIP_LO), Number(regs.rip & 0xffffffffn) | 0);
     Atomics.store(control, probeSlot(vcpu.id, ProbeSlot.RIP_HI), Number(regs.rip >> 32n) | 0);
     Atomics.store(control, probeSlot(vcpu.id, ProbeSlot.LAST_STATUS), status);
@@ -348,8 +353,9 @@ export async function createExitHandler(ctx: VcpuWorkerContext<VcpuHandlerData>)
         probeHalt();
         break;
       case "hlt":
-        // Only without an in-kernel LAPIC (the machine always makes one): on a uniprocessor
-        // a halt with interrupts off is final; with more vCPUs the halt probe decides.
+        // KVM's own word that the guest executed hlt; only without an in-kernel LAPIC (the
+        // machine always makes one, so the probe decides): on a uniprocessor nothing but an
+        // NMI, which this machine never sends, would end a halt with interrupts off.
         if (d.cpus === 1 && (vcpu.getRegs().rflags & RFLAGS_IF) === 0n)
           return { stop: "poweroff", detail: `${where()} halted with interrupts disabled` };
         break;

@@ -1,6 +1,6 @@
-import type { Regs, Segment, Sregs } from "@tskvm/kvm-core";
+import { MpState, type Regs, type Segment, type Sregs } from "@tskvm/kvm-core";
 import { describe, expect, it } from "vitest";
-import { allHalted, buildIdentityPageTables, classifyHalt, HaltStatus, longModeSregs } from "../src/index.js";
+import { allHalted, classifyHalt, HaltStatus, isResetState } from "../src/index.js";
 
 const seg = (base: bigint): Segment => ({
   base,
@@ -63,33 +63,23 @@ const regs = (rip: bigint, rflags: bigint): Regs => ({
   rflags,
 });
 
-/** 64 KiB of "guest memory" with identity page tables at 0x9000 and code at 0x3000. */
-function memory() {
-  const ram = new Uint8Array(0x10000);
-  ram.set(buildIdentityPageTables(0x9000, 2 ** 30).bytes.subarray(0, 3 * 4096), 0x9000);
-  ram.set([0xfa, 0xf4, 0xeb, 0xfd], 0x3000); // cli; 1: hlt; jmp 1b
-  const dv = new DataView(ram.buffer);
-  return { readU8: (a: number) => ram[a]!, readU64: (a: number) => dv.getBigUint64(a, true) };
-}
-
-describe("halt classification (no KVM_GET_MP_STATE)", () => {
-  const mem = memory();
-
-  it("sees an AP in its reset state as waiting for SIPI", () => {
-    expect(classifyHalt(regs(0xfff0n, 2n), realMode(0xffff0000n), mem)).toBe(HaltStatus.WAITING_SIPI);
+describe("halt classification (KVM_GET_MP_STATE and rflags, never guest memory)", () => {
+  it("sees an AP in its reset state (the probe does not ask KVM about it)", () => {
+    expect(isResetState(regs(0xfff0n, 2n), realMode(0xffff0000n))).toBe(true);
+    expect(isResetState(regs(0xfff0n, 2n), realMode(0x3000n))).toBe(false);
+    expect(isResetState(regs(0n, 2n), realMode(0x3000n))).toBe(false); // started by SIPI at 0x300:0
   });
 
-  it("sees cli; hlt in real mode and in long mode", () => {
-    expect(classifyHalt(regs(2n, 2n), realMode(0x3000n), mem)).toBe(HaltStatus.HALTED_IF0);
-    const lm = longModeSregs(realMode(0n), { gdtAddress: 0x500, idtAddress: 0x520, cr3: 0x9000 });
-    expect(classifyHalt(regs(0x3002n, 2n), lm, mem)).toBe(HaltStatus.HALTED_IF0);
+  it("calls a vCPU halted for good only when KVM says halted and interrupts are off", () => {
+    expect(classifyHalt(MpState.HALTED, 2n)).toBe(HaltStatus.HALTED_IF0);
+    expect(classifyHalt(MpState.HALTED, 0x202n)).toBe(HaltStatus.HALTED_IF1);
+    expect(classifyHalt(MpState.RUNNABLE, 2n)).toBe(HaltStatus.RUNNING);
+    expect(classifyHalt(MpState.RUNNABLE, 0x202n)).toBe(HaltStatus.RUNNING);
   });
 
-  it("does not call running code, or a halt with interrupts on, halted for good", () => {
-    expect(classifyHalt(regs(3n, 2n), realMode(0x3000n), mem)).toBe(HaltStatus.RUNNING);
-    expect(classifyHalt(regs(2n, 0x202n), realMode(0x3000n), mem)).toBe(HaltStatus.RUNNING);
-    const lm = longModeSregs(realMode(0n), { gdtAddress: 0x500, idtAddress: 0x520, cr3: 0x9000 });
-    expect(classifyHalt(regs(0x4000_0002n, 2n), lm, mem)).toBe(HaltStatus.RUNNING); // unmapped
+  it("sees INIT without SIPI as waiting", () => {
+    for (const s of [MpState.UNINITIALIZED, MpState.INIT_RECEIVED, MpState.SIPI_RECEIVED])
+      expect(classifyHalt(s, 2n)).toBe(HaltStatus.WAITING_SIPI);
   });
 
   it("ends the machine only when every vCPU is halted or never started", () => {
