@@ -3,6 +3,8 @@
 // This is the wiring only: the machine owns the VM, the PCI bus and GSI routing;
 // the worker owns the disk, the virtio-pci transport and the queues.
 
+import { accessSync, constants as fsc, realpathSync, statSync } from "node:fs";
+import { type DiskImage, DiskImageError, isDiskImageError, openDiskImage } from "@tskvm/disk-image";
 import { DeviceChannel, EventFd, type Vm } from "@tskvm/kvm-core";
 import type { MachineDeviceContext, MachinePciDevice, MachinePciDeviceFactory } from "@tskvm/machine-x86";
 import { BLK_PCI_HANDLER_MODULE, ChannelPciFunction, startBlkWorker } from "@tskvm/virtio-blk";
@@ -48,6 +50,188 @@ export function parseDiskSpec(text: string): DiskSpec {
       );
   }
   return spec;
+}
+
+/** The guest may write the image itself (not `ro`, not `snapshot`). */
+function writesImage(disk: DiskSpec): boolean {
+  return !disk.readOnly && !disk.snapshot;
+}
+
+/** disk-image's hints speak of ways to open an image; on the command line they are `-d` flags. */
+function flagHint(hint: string | undefined): string | undefined {
+  return hint
+    ?.replace(/\bopen it read-only\b/g, "open it read-only (,ro)")
+    .replace(/\bas a snapshot disk\b/g, "as a snapshot disk (,snapshot)")
+    .replace(/\bread-only opens work\b/g, "read-only opens (,ro) work")
+    .replace(/\bopen it without direct I\/O\b/g, "drop ,direct");
+}
+
+function diskError(disk: DiskSpec, code: string, message: string, hint?: string): DiskImageError {
+  return new DiskImageError(code, message, { path: disk.path, hint });
+}
+
+/** Whether only readers hold the image: a read-only open of it works (writers lock those out). */
+function onlyReadersHold(disk: DiskSpec): boolean {
+  try {
+    openDiskImage(disk.path, {
+      ...(disk.format !== undefined ? { format: disk.format } : {}),
+      readOnly: true,
+    }).close();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const WRITE_ELSEWHERE =
+  "add ,ro for a read-only disk, or ,snapshot to let the guest write to a throwaway overlay.";
+
+/** The `-d` spec's error, in the command line's words: the path once, the flags that would help. */
+function explain(disk: DiskSpec, e: DiskImageError, otherDisks: number): DiskImageError {
+  // An error about another file of the chain (a backing file) names that file once, after the disk.
+  const other = e.path !== undefined && e.path !== disk.path;
+  const where = other ? `backing file ${e.path}: ` : "";
+  const text = e.path !== undefined ? e.message.slice(`${e.path}: `.length) : e.message;
+  const message = text.split("\n  hint:")[0]!;
+  switch (e.code) {
+    case "LOCKED": {
+      const alsoHere = otherDisks > 0 ? " (another -d of this command counts too)" : "";
+      // Read-only and snapshot opens (and backing files, always opened read-only)
+      // deny writers: they only help when no writer holds the image.
+      if (!writesImage(disk) || other || !onlyReadersHold(disk))
+        return diskError(
+          disk,
+          "LOCKED",
+          `${where}the image is locked: another VM or tool is writing to it${alsoHere}`,
+          "stop it first; while it writes, the image cannot be used at all (,ro and ,snapshot are refused too).",
+        );
+      return diskError(
+        disk,
+        "LOCKED",
+        `the image is locked: another VM or tool reads it, or has it as a backing file${alsoHere}`,
+        "add ,ro (a read-only disk) or ,snapshot (writes go to a throwaway overlay): both share the image with other readers; or stop the other user first.",
+      );
+    }
+    case "EACCES":
+    case "EPERM":
+    case "EROFS":
+      return diskError(
+        disk,
+        e.code,
+        `${where}${e.code === "EROFS" ? "on a read-only filesystem" : "no permission to open it"}`,
+        writesImage(disk) && !other
+          ? WRITE_ELSEWHERE
+          : "fix the file's mode or owner, or run tskvm as a user who may read it.",
+      );
+    default: {
+      let hint = flagHint(e.hint);
+      if (disk.format === "qcow2" && !other && /no qcow2 magic/.test(message))
+        hint = "the file is not a qcow2 image: give format=raw if it is a raw disk image.";
+      if (disk.direct && e.code === "UNSUPPORTED" && /direct/i.test(message))
+        hint = "drop ,direct (O_DIRECT is for raw images on filesystems that support it).";
+      return diskError(disk, e.code, `${where}${message}`, hint);
+    }
+  }
+}
+
+/** Checks that a disk's file exists and may be opened as asked, before anything opens it. */
+function checkAccess(disk: DiskSpec): void {
+  let isDirectory = false;
+  try {
+    isDirectory = statSync(disk.path).isDirectory();
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT")
+      throw diskError(
+        disk,
+        "ENOENT",
+        "no such file",
+        "check the path; 'tskvm image create PATH SIZE' makes a new qcow2 image.",
+      );
+    const code = (e as NodeJS.ErrnoException).code ?? "EIO";
+    throw diskError(disk, code, `cannot look at the file: ${code}`);
+  }
+  if (isDirectory) throw diskError(disk, "EISDIR", "is a directory, not a disk image");
+  try {
+    accessSync(disk.path, fsc.R_OK);
+  } catch {
+    throw diskError(
+      disk,
+      "EACCES",
+      "no permission to read the disk image",
+      "fix the file's mode or owner, or run tskvm as a user who may read it.",
+    );
+  }
+  if (writesImage(disk)) {
+    try {
+      accessSync(disk.path, fsc.W_OK);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code === "EROFS" ? "EROFS" : "EACCES";
+      throw diskError(
+        disk,
+        code,
+        code === "EROFS"
+          ? "the disk image is on a read-only filesystem"
+          : "no permission to write the disk image",
+        WRITE_ELSEWHERE,
+      );
+    }
+  }
+}
+
+/**
+ * Checks every `-d` disk as `tskvm run` will use it — the file exists and may
+ * be read (and written, unless `ro` or `snapshot`), its format and backing
+ * chain open, nobody else's lock is in the way — before anything looks at KVM
+ * or boots. Throws a `DiskImageError` whose message names the path once and
+ * whose hint names the `-d` flags that would help. Returns warnings to print:
+ * one per writable disk whose format was probed as raw (its first sector is
+ * guarded; `format=raw` lifts that). The images are closed again.
+ */
+export function checkDisks(disks: readonly DiskSpec[]): string[] {
+  const warnings: string[] = [];
+  const opened: DiskImage[] = [];
+  const seen = new Map<string, DiskSpec>();
+  try {
+    for (const disk of disks) {
+      checkAccess(disk);
+      const real = realpathSync(disk.path);
+      const before = seen.get(real);
+      if (before && (writesImage(before) || writesImage(disk)))
+        throw diskError(
+          disk,
+          "LOCKED",
+          before.path === disk.path ? "is given twice" : `is given twice (also as ${before.path})`,
+          "a disk the guest writes can be given once; add ,ro or ,snapshot to every -d of it to share it.",
+        );
+      seen.set(real, disk);
+      let image: DiskImage;
+      try {
+        // A snapshot disk opens its image read-only: no overlay is needed to check it.
+        image = openDiskImage(disk.path, {
+          ...(disk.format !== undefined ? { format: disk.format } : {}),
+          readOnly: !writesImage(disk),
+          direct: disk.direct,
+        });
+      } catch (e) {
+        if (isDiskImageError(e)) throw explain(disk, e, opened.length);
+        throw e;
+      }
+      opened.push(image);
+      if (image.probed && image.format === "raw" && writesImage(disk))
+        warnings.push(
+          `disk ${disk.path}: no format= given, and probing found raw; writes that would make its first sector look like another format are refused (the guest sees an I/O error). Add ,format=raw to lift that.`,
+        );
+    }
+  } finally {
+    for (const image of opened) {
+      try {
+        image.close();
+      } catch {
+        // a failed flush of an image nobody wrote is not worth hiding the real error
+      }
+    }
+  }
+  return warnings;
 }
 
 const u16 = (c: Uint8Array, o: number): number => c[o]! | (c[o + 1]! << 8);
@@ -124,7 +308,11 @@ export function blkPciDevice(disk: DiskSpec): MachinePciDeviceFactory {
     } catch (e) {
       await handle.stop();
       release();
-      throw new Error(`disk ${disk.path}: ${(e as Error).message}`);
+      // disk-image's messages already begin with the path: name it once.
+      const message = (e as Error).message;
+      throw new Error(
+        message.startsWith(`${disk.path}: `) ? `disk ${message}` : `disk ${disk.path}: ${message}`,
+      );
     }
     const pci = ready.pci;
     if (!pci) throw new Error("the blk worker built no PCI transport");

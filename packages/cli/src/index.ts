@@ -10,5 +10,5 @@ export {
   UsageError,
 } from "./command.js";
 export { rootCommand } from "./commands/index.js";
-export { blkPciDevice, type DiskSpec, parseDiskSpec } from "./disk.js";
+export { blkPciDevice, checkDisks, type DiskSpec, parseDiskSpec } from "./disk.js";
 export { ExitCode } from "./exit-codes.js";

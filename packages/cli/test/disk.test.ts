@@ -1,5 +1,10 @@
-import { describe, expect, it } from "vitest";
-import { main, parseDiskSpec, UsageError } from "../src/index.js";
+import { spawnSync } from "node:child_process";
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createQcow2, type DiskImage, DiskImageError, openDiskImage } from "@tskvm/disk-image";
+import { afterAll, describe, expect, it } from "vitest";
+import { checkDisks, main, parseDiskSpec, UsageError } from "../src/index.js";
 
 describe("--disk specs", () => {
   it("parses kvmtool's PATH[,ro] and tskvm's options", () => {
@@ -39,5 +44,145 @@ describe("--disk specs", () => {
     });
     expect(status).toBe(2);
     expect(stderr).toMatch(/unknown option 'bogus'/);
+  });
+});
+
+describe("checkDisks: every -d checked before anything looks at KVM", () => {
+  const dir = mkdtempSync(join(tmpdir(), "tskvm-cli-disk-"));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  let n = 0;
+  const raw = (): string => {
+    const p = join(dir, `d${n++}.raw`);
+    writeFileSync(p, Buffer.alloc(1 << 20));
+    return p;
+  };
+  const fails = (specs: string[]): DiskImageError => {
+    try {
+      checkDisks(specs.map(parseDiskSpec));
+    } catch (e) {
+      expect(e).toBeInstanceOf(DiskImageError);
+      return e as DiskImageError;
+    }
+    throw new Error(`checkDisks(${specs.join(" ")}) passed`);
+  };
+  /** The message names `path` exactly once and names no API options. */
+  const plain = (e: DiskImageError, path: string): void => {
+    expect(e.message.split(path).length - 1, e.message).toBe(1);
+    expect(e.message).not.toMatch(/\{|readOnly|snapshot: true|lock: false/);
+  };
+  const holding = (path: string, readOnly: boolean, f: () => void): void => {
+    const holder: DiskImage = openDiskImage(path, { format: "raw", readOnly });
+    try {
+      f();
+    } finally {
+      holder.close();
+    }
+  };
+
+  it("a missing file or a directory: said plainly, the path once", () => {
+    const missing = join(dir, "missing.img");
+    const e = fails([missing]);
+    expect(e.code).toBe("ENOENT");
+    expect(e.message).toMatch(/missing\.img: no such file/);
+    expect(e.hint).toMatch(/tskvm image create/);
+    plain(e, missing);
+    const d = fails([dir]);
+    expect(d.code).toBe("EISDIR");
+    plain(d, dir);
+  });
+
+  it("a writer holds the image: only stopping it helps — ,ro and ,snapshot are refused too", () => {
+    const p = raw();
+    holding(p, false, () => {
+      for (const spec of [p, `${p},ro`, `${p},snapshot`]) {
+        const e = fails([spec]);
+        expect(e.code).toBe("LOCKED");
+        expect(e.message).toMatch(/the image is locked: another VM or tool is writing to it/);
+        expect(e.hint).toMatch(/stop it first/);
+        expect(e.hint).toMatch(/,ro and ,snapshot are refused too/);
+        plain(e, p);
+      }
+    });
+  });
+
+  it("readers hold the image: a writable disk is refused, and the ,ro / ,snapshot the hint suggests work", () => {
+    const p = raw();
+    holding(p, true, () => {
+      const e = fails([p]);
+      expect(e.code).toBe("LOCKED");
+      expect(e.message).toMatch(/reads it, or has it as a backing file/);
+      expect(e.hint).toMatch(/add ,ro .* or ,snapshot/);
+      plain(e, p);
+      expect(checkDisks([parseDiskSpec(`${p},ro`)])).toEqual([]);
+      expect(checkDisks([parseDiskSpec(`${p},snapshot`)])).toEqual([]);
+    });
+  });
+
+  it("a backing file held by a writer is named once, after the disk", () => {
+    const base = raw();
+    const top = join(dir, "top.qcow2");
+    createQcow2(top, undefined, { backing: base, backingFormat: "raw" });
+    holding(base, false, () => {
+      const e = fails([top]);
+      expect(e.code).toBe("LOCKED");
+      expect(e.message).toMatch(
+        /top\.qcow2: backing file .*d\d+\.raw: the image is locked: another VM or tool is writing/,
+      );
+      plain(e, top);
+      plain(e, base);
+    });
+  });
+
+  it("the same writable image twice is refused; read-only twice is fine", () => {
+    const p = raw();
+    const e = fails([p, `${p},format=raw`]);
+    expect(e.message).toMatch(/given twice/);
+    expect(e.hint).toMatch(/,ro or ,snapshot/);
+    expect(checkDisks([`${p},ro`, `${p},snapshot`].map(parseDiskSpec))).toEqual([]);
+  });
+
+  it("warns once per writable disk whose format was probed as raw", () => {
+    const p = raw();
+    const q = raw();
+    const warnings = checkDisks(
+      [p, `${q},format=raw`, `${raw()},ro`, `${raw()},snapshot`].map(parseDiskSpec),
+    );
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toContain(p);
+    expect(warnings[0]).toMatch(/format=raw/);
+    const qc = join(dir, "plain.qcow2");
+    createQcow2(qc, 1 << 20);
+    expect(checkDisks([parseDiskSpec(qc)])).toEqual([]);
+  });
+
+  it("format problems keep disk-image's reason, with hints in -d flags", () => {
+    const p = raw();
+    const e = fails([`${p},format=qcow2`]);
+    expect(e.hint).toMatch(/format=raw/);
+    plain(e, p);
+    const snap = join(dir, "snap.qcow2");
+    createQcow2(snap, 1 << 20);
+    const r = spawnSync("qemu-img", ["snapshot", "-c", "s1", snap], { encoding: "utf8" });
+    expect(r.status, r.stderr).toBe(0);
+    const s = fails([snap]);
+    expect(s.code).toBe("UNSUPPORTED");
+    expect(s.hint).toMatch(/open it read-only \(,ro\) or as a snapshot disk \(,snapshot\)/);
+    plain(s, snap);
+    expect(checkDisks([parseDiskSpec(`${snap},snapshot`)])).toEqual([]);
+  });
+
+  it.skipIf(process.getuid?.() === 0)("no permission to write: ,ro or ,snapshot", () => {
+    const p = raw();
+    chmodSync(p, 0o444);
+    const e = fails([p]);
+    expect(e.hint).toMatch(/,ro .*,snapshot/);
+    plain(e, p);
+    expect(checkDisks([parseDiskSpec(`${p},ro`)])).toEqual([]);
+  });
+
+  it("leaves every image closed: the VM can open them afterwards", () => {
+    const p = raw();
+    checkDisks([parseDiskSpec(p)]);
+    openDiskImage(p, { format: "raw" }).close();
   });
 });

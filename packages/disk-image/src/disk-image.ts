@@ -176,7 +176,7 @@ export abstract class DiskImageBase implements DiskImage {
     if (this.readOnly)
       throw new DiskImageError("READ_ONLY", `${what}: the image is open read-only`, {
         path: this.path,
-        hint: "open it without { readOnly: true }, or with { snapshot: true } to write to a throwaway overlay.",
+        hint: "open it writable, or as a snapshot disk to write to a throwaway overlay.",
       });
   }
 

@@ -79,7 +79,7 @@ export function openImageFile(
     if (code === "EINVAL" && opts.direct)
       throw new DiskImageError("UNSUPPORTED", "the filesystem does not support O_DIRECT", {
         path,
-        hint: "open without { direct: true }, or move the image to a filesystem that supports direct I/O (ext4, xfs, btrfs).",
+        hint: "open it without direct I/O, or move the image to a filesystem that supports direct I/O (ext4, xfs, btrfs).",
         cause: e,
       });
     if (code === "ENOENT") throw wrapSystemError(e, "open", path, "the image file does not exist.");

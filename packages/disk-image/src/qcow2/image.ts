@@ -1156,6 +1156,6 @@ export function checkWritable(h: Qcow2Header, path: string): void {
     throw unsupported(
       path,
       `writing to images with internal snapshots (${h.nbSnapshots}) is not supported`,
-      "open it read-only or with { snapshot: true }, or delete the snapshots: qemu-img snapshot -d <name> <image>.",
+      "open it read-only or as a snapshot disk, or delete the snapshots: qemu-img snapshot -d <name> <image>.",
     );
 }
