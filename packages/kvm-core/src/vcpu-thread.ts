@@ -144,6 +144,15 @@ export class VcpuThread {
     }
   }
 
+  /**
+   * True once the worker's KVM_RUN loop has ended; readable synchronously (e.g. in a
+   * process `exit` handler, where Node is about to terminate workers: one still inside
+   * KVM_RUN would never come back, or fail there).
+   */
+  get loopEnded(): boolean {
+    return Atomics.load(this.#control, Control.STATE) === ThreadState.EXITED;
+  }
+
   /** Asks the loop to end, kicks the vCPU and waits for the worker to exit. */
   async stop(): Promise<VcpuThreadResult> {
     Atomics.store(this.#control, Control.STOP, 1);

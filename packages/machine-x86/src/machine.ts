@@ -145,6 +145,8 @@ const HALT_ROUNDS = 2;
 const TX_RING_BYTES = 1 << 16;
 /** How long console output may sit in the ring before the main thread looks again. */
 const TX_BATCH_MS = 4;
+/** How long {@link Machine.emergencyStop} blocks waiting for the vCPU loops to end. */
+const EMERGENCY_STOP_WAIT_MS = 2000;
 
 function load(what: string, v: string | Uint8Array): Uint8Array {
   if (typeof v !== "string") return v;
@@ -283,9 +285,14 @@ export class Machine {
         new Error(`the machine was already ${this.#state === "ended" ? "run" : "started"}`),
       );
     this.#state = "starting";
+    // Node joins worker threads on exit, and a vCPU inside KVM_RUN never comes back on
+    // its own: without this, a process ending while a guest spins would hang for good.
+    process.on("exit", this.#onProcessExit);
     this.#starting = this.#start();
     return this.#starting;
   }
+
+  readonly #onProcessExit = (): void => this.emergencyStop();
 
   async #start(): Promise<void> {
     try {
@@ -308,6 +315,24 @@ export class Machine {
     // Let a start in progress finish first, so no vCPU thread is left behind.
     if (this.#starting) await this.#starting.catch(() => {});
     return this.#end("stopped");
+  }
+
+  /**
+   * Stops the machine without waiting, for a process that must exit now (an uncaught
+   * exception, a hard exit): every vCPU thread is told to stop and kicked out of KVM_RUN
+   * synchronously, so `process.exit()` right after does not wait forever for a vCPU in
+   * KVM_RUN. The orderly end ({@link stop}: devices detached, {@link exited} resolved)
+   * carries on while the event loop runs. The machine also does this itself on the
+   * process's `exit` event while it runs.
+   */
+  emergencyStop(): void {
+    for (const t of this.#threads) void t.stop();
+    // Wait (bounded) until each loop has left KVM_RUN: Node terminating a worker still
+    // inside a KVM ioctl aborts the process instead of exiting it.
+    const deadline = Date.now() + EMERGENCY_STOP_WAIT_MS;
+    const nap = new Int32Array(new SharedArrayBuffer(4));
+    while (this.#threads.some((t) => !t.loopEnded) && Date.now() < deadline) Atomics.wait(nap, 0, 0, 1);
+    this.stop().catch(() => {});
   }
 
   /** The KVM VM while the machine runs (for devices that register eventfds). */
@@ -442,10 +467,13 @@ export class Machine {
           handlerModule,
           data: this.#handlerData!,
           onMessage: (m) => this.#onMessage(m as WorkerMessage),
+        }).then((t) => {
+          // Known as soon as it runs, so that an emergency stop can kick it.
+          this.#threads.push(t);
+          return t;
         }),
       ),
     );
-    for (const s of started) if (s.status === "fulfilled") this.#threads.push(s.value);
     const failed = started.find((s) => s.status === "rejected");
     if (failed) throw (failed as PromiseRejectedResult).reason;
     for (const t of this.#threads) void t.exited.then((r) => this.#onThreadExit(r));
@@ -578,6 +606,7 @@ export class Machine {
     if (this.#inputTimer) clearTimeout(this.#inputTimer);
     if (this.#txTimer) clearTimeout(this.#txTimer);
     const results = await Promise.all(this.#threads.map((t) => t.stop()));
+    process.off("exit", this.#onProcessExit);
     for (const r of results) this.#results[r.vcpuId] ??= r;
     this.#drainOutput();
     this.#watch.flush();
