@@ -40,10 +40,14 @@ the guest. Press Ctrl-A then x to quit; Ctrl-A Ctrl-A sends a Ctrl-A.
 
 Exit codes:
   0    the guest powered off or rebooted
-  1    VMM error (no usable KVM, unreadable or bad kernel, ...)
+  1    VMM error (no usable KVM, unreadable or bad kernel, an internal error:
+       the VM is stopped, its disks flushed and closed, the terminal restored)
   2    bad command line
   3    the guest crashed (kernel panic, triple fault)
   129/130/143  stopped by SIGHUP/SIGINT/SIGTERM (or 130 for Ctrl-A x)
+
+A stop that takes longer than 4 s, or a second signal while stopping, ends
+tskvm at once: the terminal is restored and it dies of that signal.
 `;
 
 function positiveInt(name: string, v: string | undefined, def: number, max: number): number {
@@ -100,17 +104,70 @@ const DESCRIBE: Record<MachineExit["reason"], string> = {
   error: "VMM error",
 };
 
+/**
+ * How long the orderly stop (vCPUs out, disks flushed and closed) may take after a
+ * signal or a VMM error before the process exits hard.
+ */
+export const STOP_GRACE_MS = 4000;
+
+const SIGNALS: readonly NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
+
+function describeError(e: unknown): string {
+  if (!(e instanceof Error)) return String(e);
+  return process.env.TSKVM_DEBUG ? (e.stack ?? e.message) : e.message;
+}
+
 async function runMachine(m: Machine, io: Io): Promise<number> {
   const term = new ConsoleTerminal(process.stdin);
   let signal: NodeJS.Signals | undefined;
+  let failed = false;
+  let hardExitTimer: NodeJS.Timeout | undefined;
   const restore = () => term.restore();
-  const onSignal = (s: NodeJS.Signals) => {
-    signal ??= s;
+
+  // The last resort when the orderly stop does not end in time, or a second signal
+  // insists: terminal restored, signals back to their default action (so nothing can
+  // keep this process alive any more), then gone — by the signal itself if one asked.
+  const hardExit = (by: NodeJS.Signals | undefined, why: string): never => {
+    restore();
+    removeHandlers();
+    io.stderr(`tskvm: ${why}: exiting without a clean stop (disks may not be flushed)\n`);
+    if (by) process.kill(process.pid, by);
+    // Still here (someone else handles that signal): exit; Node waits for worker
+    // threads then, so first get the vCPUs out of KVM_RUN.
+    m.emergencyStop();
+    process.exit(by ? 128 + (constants.signals[by] ?? 0) : ExitCode.error);
+  };
+  const stopWithin = (ms: number) => {
     restore();
     void m.stop();
+    hardExitTimer ??= setTimeout(() => hardExit(signal, `the VM did not stop within ${ms / 1000} s`), ms);
   };
-  const signals: NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
-  for (const s of signals) process.on(s, onSignal);
+  const onSignal = (s: NodeJS.Signals) => {
+    if (signal || failed) hardExit(s, `${s} while stopping`);
+    signal = s;
+    stopWithin(STOP_GRACE_MS);
+  };
+  // An exception or rejection nobody caught, anywhere in the VMM: the VM cannot be
+  // trusted to go on, but its disks still get flushed and closed and the terminal back.
+  const onFatal = (e: unknown) => {
+    if (failed) {
+      io.stderr(`tskvm: another VMM error while stopping: ${describeError(e)}\n`);
+      return;
+    }
+    failed = true;
+    restore();
+    io.stderr(`\ntskvm: VMM error: ${describeError(e)}\n`);
+    stopWithin(STOP_GRACE_MS);
+  };
+  const removeHandlers = () => {
+    for (const s of SIGNALS) process.off(s, onSignal);
+    process.off("uncaughtException", onFatal);
+    process.off("unhandledRejection", onFatal);
+    process.off("exit", restore);
+  };
+  for (const s of SIGNALS) process.on(s, onSignal);
+  process.on("uncaughtException", onFatal);
+  process.on("unhandledRejection", onFatal);
   process.on("exit", restore);
   try {
     m.console.output.on("data", (b: Buffer) => process.stdout.write(b));
@@ -121,21 +178,27 @@ async function runMachine(m: Machine, io: Io): Promise<number> {
       io.stderr(`tskvm: ${(e as Error).message}\n`);
       return ExitCode.error;
     }
-    term.attach(m.console.input, () => {
-      signal ??= "SIGINT";
-      void m.stop();
-    });
+    if (!failed && !signal)
+      term.attach(m.console.input, () => {
+        if (signal || failed) return;
+        signal = "SIGINT";
+        stopWithin(STOP_GRACE_MS);
+      });
     const exit = await m.exited;
     restore();
+    if (failed) {
+      io.stderr("tskvm: the VM was stopped after the error above\n");
+      return ExitCode.error;
+    }
     const detail = exit.detail ? `: ${exit.detail}` : "";
     io.stderr(
       `\ntskvm: ${signal ? `stopped by ${signal === "SIGINT" && !detail ? "Ctrl-A x / SIGINT" : signal}` : DESCRIBE[exit.reason]}${detail}\n`,
     );
     return exitCodeFor(exit, signal);
   } finally {
+    if (hardExitTimer) clearTimeout(hardExitTimer);
     restore();
-    for (const s of signals) process.off(s, onSignal);
-    process.off("exit", restore);
+    removeHandlers();
   }
 }
 
