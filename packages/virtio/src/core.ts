@@ -124,7 +124,7 @@ export class VirtioTransportCore {
     return this.#activeQueues !== undefined;
   }
 
-  /** Why the device was marked DEVICE_NEEDS_RESET, if it was. */
+  /** Why the device was marked DEVICE_NEEDS_RESET, if it was (or why its last reset failed). */
   get brokenReason(): Error | undefined {
     return this.#brokenReason;
   }
@@ -231,8 +231,12 @@ export class VirtioTransportCore {
     if (extra !== 0n) return `driver accepted features the device did not offer: 0x${extra.toString(16)}`;
     if (!(f & VIRTIO_F_VERSION_1))
       return "VIRTIO_F_VERSION_1 not accepted (legacy drivers are not supported)";
-    if (this.device.acceptFeatures && !this.device.acceptFeatures(f))
-      return "the device refused this feature set";
+    if (!this.device.acceptFeatures) return undefined;
+    try {
+      if (!this.device.acceptFeatures(f)) return "the device refused this feature set";
+    } catch (e) {
+      return `the device failed to check this feature set: ${e instanceof Error ? e.message : String(e)}`;
+    }
     return undefined;
   }
 
@@ -361,7 +365,14 @@ export class VirtioTransportCore {
   /** Device reset (status 0): stops the device, forgets the negotiation and the queues. */
   reset(): void {
     this.#epoch++;
-    this.device.reset();
+    // A device that fails to reset (e.g. its worker is gone) must not take the register write
+    // with it: the transport resets anyway, and the failure is kept in brokenReason.
+    let failed: Error | undefined;
+    try {
+      this.device.reset();
+    } catch (e) {
+      failed = e instanceof Error ? e : new Error(String(e));
+    }
     const wasReady = this.queues.map((q) => q.ready);
     for (const q of this.queues) {
       q.size = q.maxSize;
@@ -370,7 +381,7 @@ export class VirtioTransportCore {
       q.vector = NO_VECTOR;
     }
     this.#activeQueues = undefined;
-    this.#brokenReason = undefined;
+    this.#brokenReason = failed;
     this.#status = 0;
     this.#driverFeatures = 0n;
     this.deviceFeatureSelect = 0;

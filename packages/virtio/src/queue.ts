@@ -246,7 +246,11 @@ export class Queue {
     let indirect = false;
     for (;;) {
       if (index >= tableSize) throw new InvalidDescriptorIndexError(index, tableSize, head);
+      // A loop is cut at the size of its table; and no chain, direct or indirect, may have more
+      // buffers than the queue has entries (§2.7.5.3.1: the driver MUST NOT), which bounds what
+      // one chain costs to walk and to hold.
       if (count === tableSize) throw new ChainTooLongError(tableSize, head);
+      if (addresses.length === this.size) throw new ChainTooLongError(this.size, head);
       count++;
       const o = index * 16;
       const lo = table.u32(o);
@@ -277,7 +281,9 @@ export class Queue {
         indirect = true;
         continue;
       }
-      if (len > 0 && (hi >= SAFE_HIGH_LIMIT || !memory.isValidRange(address, len)))
+      // Zero-length buffers too: every address a chain hands out is RAM (a device may pass it to
+      // memory.view / segments as is).
+      if (hi >= SAFE_HIGH_LIMIT || !memory.isValidRange(address, len))
         throw new InvalidDescriptorAddressError(address, len, head);
       if (flags & VIRTQ_DESC_F_WRITE) {
         if (writableStart < 0) writableStart = addresses.length;

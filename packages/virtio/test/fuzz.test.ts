@@ -15,7 +15,9 @@ import {
 import { EchoDevice } from "./echo-device.js";
 import { fuzzSeed, Rng } from "./prng.js";
 
-const ITERATIONS = 4000;
+/** `pnpm test` runs these counts; `pnpm fuzz` runs 100 times as many (VIRTIO_FUZZ_SCALE=100). */
+const SCALE = Number(process.env.VIRTIO_FUZZ_SCALE || 1);
+const ITERATIONS = 4000 * SCALE;
 
 /**
  * RAM: [0, 64 KiB) and [96 KiB, 128 KiB), a hole between; with `big`, also
@@ -79,152 +81,165 @@ function ringAddress(r: Rng, valid: number, align: number): number {
 }
 
 describe("fuzz: random descriptor tables and rings", () => {
-  it(`${ITERATIONS} malformed queues: only typed errors, no access outside RAM, always terminates`, () => {
-    const seed = fuzzSeed("virtqueue fuzz", 0x5eed_0001);
-    const r = new Rng(seed);
-    const kinds = new Map<VirtqueueErrorKind, number>();
-    let chainsOk = 0;
-    const count = (e: unknown, iteration: number): VirtqueueError => {
-      if (!(e instanceof VirtqueueError)) {
-        throw new Error(`iteration ${iteration} (seed ${seed}): unexpected ${String(e)}`, { cause: e });
-      }
-      kinds.set(e.kind, (kinds.get(e.kind) ?? 0) + 1);
-      return e;
-    };
-    for (let it = 0; it < ITERATIONS; it++) {
-      const big = r.chance(0.03);
-      const mem = fuzzMemory(r, big);
-      const size = r.chance(0.9) ? r.pick([1, 2, 4, 8, 16, 32, 64]) : r.pick([0, 3, 5, 100, 65536, 32768]);
-      const base = 0x1000;
-      let queue: Queue;
-      try {
-        queue = new Queue(mem, {
-          size,
-          descTable: ringAddress(r, base, 16),
-          availRing: ringAddress(r, 0x3000, 2),
-          usedRing: ringAddress(r, 0x4000, 4),
-          eventIdx: r.chance(0.5),
-          nextAvail: r.int(0x10000),
-          nextUsed: r.int(0x10000),
-        });
-      } catch (e) {
-        count(e, it);
-        continue;
-      }
-      // A random descriptor table, random indirect tables, random avail ring.
-      for (let i = 0; i < size; i++) writeDescriptor(mem, queue.descTable, i, randomDescriptor(r, size));
-      for (let t = 0; t < 3; t++) {
-        const table = 0x18000 + 0x800 * t;
-        const n = 1 + r.int(40);
-        for (let i = 0; i < n; i++) writeDescriptor(mem, table, i, randomDescriptor(r, n));
-        if (r.chance(0.5))
-          writeDescriptor(mem, queue.descTable, r.int(size), {
+  it(
+    `${ITERATIONS} malformed queues: only typed errors, no access outside RAM, always terminates`,
+    async () => {
+      const seed = fuzzSeed("virtqueue fuzz", 0x5eed_0001);
+      const r = new Rng(seed);
+      const kinds = new Map<VirtqueueErrorKind, number>();
+      let chainsOk = 0;
+      const count = (e: unknown, iteration: number): VirtqueueError => {
+        if (!(e instanceof VirtqueueError)) {
+          throw new Error(`iteration ${iteration} (seed ${seed}): unexpected ${String(e)}`, { cause: e });
+        }
+        kinds.set(e.kind, (kinds.get(e.kind) ?? 0) + 1);
+        return e;
+      };
+      for (let it = 0; it < ITERATIONS; it++) {
+        // Long runs (pnpm fuzz): let the test runner's own messages through now and then.
+        if (it % 2000 === 1999) await new Promise((resolve) => setImmediate(resolve));
+        const big = r.chance(0.03);
+        const mem = fuzzMemory(r, big);
+        // A chain may have at most `size` buffers: the big case needs a queue longer than its table.
+        const size = big
+          ? 8192
+          : r.chance(0.9)
+            ? r.pick([1, 2, 4, 8, 16, 32, 64])
+            : r.pick([0, 3, 5, 100, 65536, 32768]);
+        const rings = big ? [0x120000, 0x140000, 0x150000] : [0x1000, 0x3000, 0x4000];
+        let queue: Queue;
+        try {
+          queue = new Queue(mem, {
+            size,
+            descTable: ringAddress(r, rings[0]!, 16),
+            availRing: ringAddress(r, rings[1]!, 2),
+            usedRing: ringAddress(r, rings[2]!, 4),
+            eventIdx: r.chance(0.5),
+            nextAvail: r.int(0x10000),
+            nextUsed: r.int(0x10000),
+          });
+        } catch (e) {
+          count(e, it);
+          continue;
+        }
+        // A random descriptor table, random indirect tables, random avail ring (for the big case, whose
+        // one chain is the big one, only the start of them: its queue is long).
+        const filled = big ? 64 : size;
+        for (let i = 0; i < filled; i++) writeDescriptor(mem, queue.descTable, i, randomDescriptor(r, size));
+        for (let t = 0; t < 3; t++) {
+          const table = 0x18000 + 0x800 * t;
+          const n = 1 + r.int(40);
+          for (let i = 0; i < n; i++) writeDescriptor(mem, table, i, randomDescriptor(r, n));
+          if (r.chance(0.5))
+            writeDescriptor(mem, queue.descTable, r.int(size), {
+              address: table,
+              length: 16 * n,
+              flags: VIRTQ_DESC_F_INDIRECT,
+              next: 0,
+            });
+        }
+        let bigHead: number | undefined;
+        if (big) {
+          // An indirect table of ~4100 entries of up to 1 MiB each: near or past 2^32 bytes in total.
+          const table = 0x100000;
+          const n = 4094 + r.int(10);
+          for (let i = 0; i < n; i++)
+            writeDescriptor(mem, table, i, {
+              address: 0x100000,
+              length: r.chance(0.9995) ? 0x100000 : r.int(0x100000),
+              flags: i < n - 1 ? VIRTQ_DESC_F_NEXT : 0,
+              next: i + 1,
+            });
+          const head = r.int(size);
+          writeDescriptor(mem, queue.descTable, head, {
             address: table,
             length: 16 * n,
             flags: VIRTQ_DESC_F_INDIRECT,
             next: 0,
           });
-      }
-      let bigHead: number | undefined;
-      if (big) {
-        // An indirect table of ~4100 entries of up to 1 MiB each: near or past 2^32 bytes in total.
-        const table = 0x100000;
-        const n = 4094 + r.int(10);
-        for (let i = 0; i < n; i++)
-          writeDescriptor(mem, table, i, {
-            address: 0x100000,
-            length: r.chance(0.9995) ? 0x100000 : r.int(0x100000),
-            flags: i < n - 1 ? VIRTQ_DESC_F_NEXT : 0,
-            next: i + 1,
-          });
-        const head = r.int(size);
-        writeDescriptor(mem, queue.descTable, head, {
-          address: table,
-          length: 16 * n,
-          flags: VIRTQ_DESC_F_INDIRECT,
-          next: 0,
-        });
-        bigHead = head;
-      }
-      mem.writeU16(queue.availRing, r.int(4));
-      const ahead = r.chance(0.9) ? r.int(size + 1) : r.int(0x10000);
-      mem.writeU16(queue.availRing + 2, (queue.nextAvail + ahead) & 0xffff);
-      for (let i = 0; i < size; i++)
-        mem.writeU16(queue.availRing + 4 + 2 * i, r.chance(0.95) ? r.int(size) : r.int(0x10000));
-      if (bigHead !== undefined) {
-        // Make it the next chain the device pops.
-        mem.writeU16(queue.availRing + 2, (queue.nextAvail + 1) & 0xffff);
-        mem.writeU16(queue.availRing + 4 + 2 * (queue.nextAvail % size), bigHead);
-      }
-      mem.writeU16(queue.availRing + 4 + 2 * size, r.int(0x10000));
+          bigHead = head;
+        }
+        mem.writeU16(queue.availRing, r.int(4));
+        const ahead = r.chance(0.9) ? r.int(size + 1) : r.int(0x10000);
+        mem.writeU16(queue.availRing + 2, (queue.nextAvail + ahead) & 0xffff);
+        for (let i = 0; i < filled; i++)
+          mem.writeU16(queue.availRing + 4 + 2 * i, r.chance(0.95) ? r.int(size) : r.int(0x10000));
+        if (bigHead !== undefined) {
+          // Make it the next chain the device pops.
+          mem.writeU16(queue.availRing + 2, (queue.nextAvail + 1) & 0xffff);
+          mem.writeU16(queue.availRing + 4 + 2 * (queue.nextAvail % size), bigHead);
+        }
+        mem.writeU16(queue.availRing + 4 + 2 * size, r.int(0x10000));
 
-      // The device loop, bounded: at most `size` chains can be pending.
-      for (let n = 0; n <= size + 1; n++) {
-        let chain: ReturnType<Queue["pop"]>;
+        // The device loop, bounded: at most `size` chains can be pending.
+        for (let n = 0; n <= size + 1; n++) {
+          let chain: ReturnType<Queue["pop"]>;
+          try {
+            chain = queue.pop();
+          } catch (e) {
+            const err = count(e, it);
+            if (err.fatal) break;
+            expect(err.head).toBeLessThan(size);
+            queue.addUsed(err.head!, 0);
+            continue;
+          }
+          if (!chain) break;
+          expect(chain.count).toBeLessThanOrEqual(size);
+          // Zero-length buffers included: every address a chain hands out is RAM.
+          const outside = chain.buffers().filter((b) => !mem.isValidRange(b.address, b.length));
+          expect(outside).toEqual([]);
+          expect(chain.readableLength + chain.writableLength).toBeLessThan(2 ** 32);
+          const reader = chain.reader();
+          let sum = 0;
+          for (const v of reader.readViews(Math.min(reader.remaining, 4096))) sum += v.length;
+          const w = chain.writer();
+          const out = Math.min(w.remaining, 4096);
+          for (const v of w.writeViews(out)) v.fill(0x5a);
+          expect(sum).toBeLessThanOrEqual(chain.readableLength);
+          queue.addUsed(chain.head, w.bytesWritten);
+          chainsOk++;
+        }
         try {
-          chain = queue.pop();
+          queue.needsNotification();
+          queue.disableNotification();
+          queue.enableNotification();
         } catch (e) {
-          const err = count(e, it);
-          if (err.fatal) break;
-          expect(err.head).toBeLessThan(size);
-          queue.addUsed(err.head!, 0);
-          continue;
+          expect(count(e, it).fatal).toBe(true);
         }
-        if (!chain) break;
-        for (let i = 0; i < chain.count; i++) {
-          const b = chain.buffer(i)!;
-          expect(b.length === 0 || mem.isValidRange(b.address, b.length)).toBe(true);
-        }
-        expect(chain.readableLength + chain.writableLength).toBeLessThan(2 ** 32);
-        const reader = chain.reader();
-        let sum = 0;
-        for (const v of reader.readViews(Math.min(reader.remaining, 4096))) sum += v.length;
-        const w = chain.writer();
-        const out = Math.min(w.remaining, 4096);
-        for (const v of w.writeViews(out)) v.fill(0x5a);
-        expect(sum).toBeLessThanOrEqual(chain.readableLength);
-        queue.addUsed(chain.head, w.bytesWritten);
-        chainsOk++;
       }
-      try {
-        queue.needsNotification();
-        queue.disableNotification();
-        queue.enableNotification();
-      } catch (e) {
-        expect(count(e, it).fatal).toBe(true);
-      }
-    }
-    console.log(
-      `[virtqueue fuzz] ${chainsOk} valid chains; errors: ${JSON.stringify(Object.fromEntries(kinds))}`,
-    );
-    // The generator reaches every guest-side error class.
-    for (const k of [
-      "InvalidQueueSize",
-      "InvalidRingAddress",
-      "InvalidRingAlignment",
-      "InvalidAvailRingIndex",
-      "InvalidHeadIndex",
-      "InvalidDescriptorIndex",
-      "ChainTooLong",
-      "InvalidDescriptorAddress",
-      "DescriptorChainOverflow",
-      "ReadableAfterWritable",
-      "NestedIndirectDescriptor",
-      "IndirectWithNext",
-      "InvalidIndirectDescriptorTable",
-    ] as const)
-      expect(kinds.get(k) ?? 0, k).toBeGreaterThan(0);
-    expect(chainsOk).toBeGreaterThan(ITERATIONS / 4);
-  });
+      console.log(
+        `[virtqueue fuzz] ${chainsOk} valid chains; errors: ${JSON.stringify(Object.fromEntries(kinds))}`,
+      );
+      // The generator reaches every guest-side error class.
+      for (const k of [
+        "InvalidQueueSize",
+        "InvalidRingAddress",
+        "InvalidRingAlignment",
+        "InvalidAvailRingIndex",
+        "InvalidHeadIndex",
+        "InvalidDescriptorIndex",
+        "ChainTooLong",
+        "InvalidDescriptorAddress",
+        "DescriptorChainOverflow",
+        "ReadableAfterWritable",
+        "NestedIndirectDescriptor",
+        "IndirectWithNext",
+        "InvalidIndirectDescriptorTable",
+      ] as const)
+        expect(kinds.get(k) ?? 0, k).toBeGreaterThan(0);
+      expect(chainsOk).toBeGreaterThan(ITERATIONS / 4);
+    },
+    60_000 * SCALE,
+  );
 });
 
 describe("fuzz: random register traffic against both transports", () => {
-  const ROUNDS = 300;
+  const ROUNDS = 300 * SCALE;
   const ACCESSES = 300;
 
   it.each(["pci", "mmio"] as const)(
     "%s: any guest access sequence is handled without an exception",
-    (kind) => {
+    async (kind) => {
       const seed = fuzzSeed(`${kind} register fuzz`, kind === "pci" ? 0x5eed_0002 : 0x5eed_0003);
       const r = new Rng(seed);
       const statuses = new Set<number>();
@@ -233,6 +248,7 @@ describe("fuzz: random register traffic against both transports", () => {
       let failed = 0;
       let broken = 0;
       for (let round = 0; round < ROUNDS; round++) {
+        if (round % 200 === 199) await new Promise((resolve) => setImmediate(resolve));
         const mem = fuzzMemory(r);
         const device = new EchoDevice([8, 4]);
         const pci =
@@ -339,5 +355,6 @@ describe("fuzz: random register traffic against both transports", () => {
       expect(served + failed + broken).toBeGreaterThan(0);
       expect([...statuses].some((s) => s & DeviceStatus.DRIVER_OK)).toBe(true);
     },
+    60_000 * SCALE,
   );
 });

@@ -27,13 +27,13 @@ import {
 
 const MEM = 0x200000;
 
-function setup(size = 8) {
+function setup(size = 8, heapSize = 0x10000) {
   // RAM: [0, 1 MiB) and [1.5 MiB, 2 MiB) with a hole between.
   const memory = new PlainGuestMemory([
     { address: 0, size: 0x100000 },
     { address: 0x180000, size: 0x80000 },
   ]);
-  const m = mockSplitQueue(memory, { size, heap: { address: 0x1000, size: 0x10000 } });
+  const m = mockSplitQueue(memory, { size, heap: { address: 0x1000, size: heapSize } });
   const queue = new Queue(memory, m.config);
   return { memory, driver: m.driver, queue, config: m.config };
 }
@@ -125,8 +125,75 @@ describe("hostile descriptor chains (request failed, queue goes on)", () => {
     }
   });
 
+  it("zero-length buffers outside RAM are InvalidDescriptorAddress too; inside RAM they are fine", () => {
+    const { driver, queue } = setup();
+    const bad: (number | bigint)[] = [
+      2n ** 53n,
+      2n ** 64n - 1n,
+      0xffff_ffff_ffff_f000n,
+      0x100000,
+      0x17ffff,
+      MEM,
+    ];
+    for (const address of bad) {
+      for (const flags of [0, WRITE]) {
+        driver.writeDescriptor(1, { address: 0x20000, length: 16, flags: NEXT, next: 2 });
+        driver.writeDescriptor(2, { address, length: 0, flags: flags | NEXT, next: 3 });
+        driver.writeDescriptor(3, { address: 0x20010, length: 1, flags: WRITE, next: 0 });
+        driver.publish(1);
+        const e = expectChainError(queue, InvalidDescriptorAddressError, 1);
+        expect(e.length).toBe(0);
+      }
+    }
+    // The first and last byte of each region, and address 0, hold a zero-length buffer.
+    for (const address of [0, 0xfffff, 0x180000, MEM - 1]) {
+      driver.writeDescriptor(1, { address: 0x20000, length: 16, flags: NEXT, next: 2 });
+      driver.writeDescriptor(2, { address, length: 0, flags: WRITE | NEXT, next: 3 });
+      driver.writeDescriptor(3, { address, length: 1, flags: WRITE, next: 0 });
+      driver.publish(1);
+      const c = queue.pop()!;
+      expect(c.buffers()).toEqual([
+        { address: 0x20000, length: 16, writable: false },
+        { address, length: 0, writable: true },
+        { address, length: 1, writable: true },
+      ]);
+      // What a device does with them touches RAM only.
+      expect(c.writer().writeViews(1)[0]!.length).toBe(1);
+      queue.addUsed(c.head, 1);
+    }
+  });
+
+  it("a chain with more buffers than the queue has entries is ChainTooLong, indirect or not", () => {
+    const { memory, driver, queue } = setup(8);
+    const t = 0x30000;
+    // An indirect table of 50,000 one-byte buffers (the shape of issue #12's attack): cut at 8.
+    const n = 50000;
+    for (let i = 0; i < n; i++) {
+      memory.writeU64(t + 16 * i, 0x20000n);
+      memory.writeU32(t + 16 * i + 8, 1);
+      memory.writeU16(t + 16 * i + 12, i < n - 1 ? NEXT : WRITE);
+      memory.writeU16(t + 16 * i + 14, i + 1);
+    }
+    driver.writeDescriptor(0, { address: t, length: n * 16, flags: INDIRECT, next: 0 });
+    driver.publish(0);
+    expect(expectChainError(queue, ChainTooLongError, 0).limit).toBe(8);
+    // Direct buffers before the table count too: 3 + 6 > 8.
+    for (let i = 0; i < 6; i++) memory.writeU16(t + 16 * i + 12, i < 5 ? NEXT : 0);
+    driver.writeDescriptor(1, { address: 0x20000, length: 1, flags: NEXT, next: 2 });
+    driver.writeDescriptor(2, { address: 0x20000, length: 1, flags: NEXT, next: 3 });
+    driver.writeDescriptor(3, { address: 0x20000, length: 1, flags: NEXT, next: 4 });
+    driver.writeDescriptor(4, { address: t, length: n * 16, flags: INDIRECT, next: 0 });
+    driver.publish(1);
+    expect(expectChainError(queue, ChainTooLongError, 1).limit).toBe(8);
+    // Exactly the queue size is fine: 3 + 5.
+    memory.writeU16(t + 16 * 4 + 12, 0);
+    driver.publish(1);
+    expect(queue.pop()!.count).toBe(8);
+  });
+
   it("a chain of more than 2^32-1 bytes is DescriptorChainOverflow", () => {
-    const { memory, driver, queue } = setup();
+    // A queue longer than the chain: a chain may not have more buffers than the queue size.
+    const { memory, driver, queue } = setup(8192, 0x40000);
     // 4097 indirect entries of 1 MiB each, all pointing at valid RAM.
     const n = 4097;
     const t = 0x180000;

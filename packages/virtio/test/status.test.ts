@@ -278,6 +278,28 @@ describe("device exceptions", () => {
   });
 });
 
+describe("a device that throws in acceptFeatures or reset", () => {
+  it("refuses FEATURES_OK, and still resets to status 0 with the failure kept", () => {
+    const k = core();
+    k.device.acceptFeatures = () => {
+      throw new Error("feature check bug");
+    };
+    k.c.writeStatus(A);
+    k.c.writeStatus(A | D);
+    k.features(VIRTIO_F_VERSION_1);
+    expect(() => k.c.writeStatus(A | D | F)).not.toThrow();
+    expect(k.c.status & F).toBe(0);
+    expect(k.c.lastRejection?.reason).toMatch(/feature check bug/);
+    k.device.reset = () => {
+      throw new Error("worker gone");
+    };
+    expect(() => k.c.writeStatus(0)).not.toThrow();
+    expect(k.c.status).toBe(0);
+    expect(k.c.brokenReason?.message).toBe("worker gone");
+    expect(k.log).toContain("reset");
+  });
+});
+
 describe("status machine through both transports", () => {
   it.each([
     ["pci", () => pciRig().sim],
