@@ -49,9 +49,12 @@ export interface BlkDeviceOptions {
   serial?: string;
   /** Largest queue size the driver may choose (power of two ≤ 32768). Default 256. */
   queueSize?: number;
-  /** size_max: largest single data segment in bytes the driver should send. Default 1 MiB. */
+  /** size_max: largest single data segment in bytes the driver may send. Default 1 MiB. Enforced: IOERR beyond. */
   sizeMax?: number;
-  /** seg_max: most data segments per request. Default queueSize - 2 (header and status take two). */
+  /**
+   * seg_max: most data segments per request. Default queueSize - 2 (header and status take two;
+   * a chain has at most queueSize descriptors). Enforced: IOERR beyond.
+   */
   segMax?: number;
   /** Offer VIRTIO_BLK_F_DISCARD. Default: the image can free space (`supportsDiscard`). */
   discard?: boolean;
@@ -76,6 +79,10 @@ export interface BlkLimits {
   /** Disk size in 512-byte sectors. */
   capacity: number;
   readOnly: boolean;
+  /** seg_max: most IN / OUT data segments (descriptor pieces holding data) in one request. */
+  segMax: number;
+  /** size_max: most data bytes in one segment. */
+  sizeMax: number;
   /** Present when DISCARD is usable (offered and, after activation, negotiated). */
   discard: { maxSectors: number; maxSegments: number } | undefined;
   /** Present when WRITE_ZEROES is usable. */
@@ -172,6 +179,8 @@ export function blkConfiguration(info: BlkDiskInfo, options: BlkDeviceOptions = 
     limits: {
       capacity,
       readOnly: info.readOnly,
+      segMax,
+      sizeMax,
       discard: discard ? { maxSectors: maxDiscardSectors, maxSegments: maxDiscardSegments } : undefined,
       writeZeroes: writeZeroes
         ? { maxSectors: maxWriteZeroesSectors, maxSegments: maxWriteZeroesSegments, mayUnmap }

@@ -81,6 +81,13 @@ function fence(): void {
 /** Most chains one batch takes (parsed together, their disk I/O submitted together). */
 export const MAX_BATCH = 256;
 
+/**
+ * A batch stops taking chains once its IN / OUT data reaches this many bytes,
+ * so the memory and time one batch holds stay bounded whatever the driver
+ * queues (each request is itself at most seg_max × size_max bytes).
+ */
+export const MAX_BATCH_BYTES = 32 << 20;
+
 /** How many requests one call of {@link VirtioBlkDevice.processQueue} serves at most by default. */
 export const DEFAULT_BATCH_BUDGET = Number.POSITIVE_INFINITY;
 
@@ -186,14 +193,24 @@ export class VirtioBlkDevice implements VirtioDevice {
 
   /**
    * Inline mode: serves the available requests of queue `index` — every one,
-   * or at most `budget` — with notifications suppressed while it works and
-   * re-checked after they are re-enabled (so a request made available just
-   * then is not missed), then interrupts the driver if it asked for it.
-   * `shouldStop` is asked between requests (a stop or reset is pending).
-   * Returns true when it stopped early with requests left (call again without
-   * waiting for a notification: the driver may not send one).
+   * or at most `budget` requests and about `byteBudget` bytes of IN / OUT
+   * data — with notifications suppressed while it works and re-checked after
+   * they are re-enabled (so a request made available just then is not
+   * missed), then interrupts the driver if it asked for it. `shouldStop` is
+   * asked between requests (a stop or reset is pending). Returns true when it
+   * stopped early with requests left (call again without waiting for a
+   * notification: the driver may not send one).
+   *
+   * Nothing the driver does makes this throw: a broken ring, or anything
+   * unexpected on the way (a device bug), marks the device
+   * DEVICE_NEEDS_RESET through its activation context and returns false.
    */
-  processQueue(index: number, budget = DEFAULT_BATCH_BUDGET, shouldStop?: () => boolean): boolean {
+  processQueue(
+    index: number,
+    budget = DEFAULT_BATCH_BUDGET,
+    shouldStop?: () => boolean,
+    byteBudget = Number.POSITIVE_INFINITY,
+  ): boolean {
     const ctx = this.#ctx;
     const engine = this.#inline?.engine;
     const active = ctx?.queues.find((q) => q.index === index);
@@ -202,15 +219,16 @@ export class VirtioBlkDevice implements VirtioDevice {
     const queue = active.queue;
     let served = 0;
     let more = false;
+    this.#bytes = 0;
     try {
       queue.disableNotification();
       for (;;) {
-        while (served < budget && !shouldStop?.()) {
-          const n = this.#serveBatch(engine, active, budget - served, shouldStop);
+        while (served < budget && this.#bytes < byteBudget && !shouldStop?.()) {
+          const n = this.#serveBatch(engine, active, budget - served, byteBudget, shouldStop);
           if (n === 0) break;
           served += n;
         }
-        if (served >= budget || shouldStop?.()) {
+        if (served >= budget || this.#bytes >= byteBudget || shouldStop?.()) {
           // Leave notifications on (a stopped worker must not leave the driver silenced).
           more = queue.enableNotification();
           break;
@@ -224,22 +242,27 @@ export class VirtioBlkDevice implements VirtioDevice {
         queue.disableNotification();
       }
     } catch (e) {
-      if (e instanceof VirtqueueError && e.fatal) {
-        ctx.needsReset(e);
-        return false;
-      }
-      throw e;
-    } finally {
+      // A fatal virtqueue error is the driver's; anything else is unexpected. Either way the
+      // device stops here (DEVICE_NEEDS_RESET) rather than throwing into its caller.
+      ctx.needsReset(e instanceof Error ? e : new Error(String(e)));
+      more = false;
+    }
+    try {
       if (served > 0) this.#stats.batches++;
       fence(); // used.idx is out before used_event is read
       if (queue.needsNotification()) {
         this.#stats.interrupts++;
         ctx.interrupt.signalQueue(index);
       }
-      this.#stats.serviceMs += performance.now() - started;
+    } catch (e) {
+      ctx.needsReset(e instanceof Error ? e : new Error(String(e)));
     }
+    this.#stats.serviceMs += performance.now() - started;
     return more;
   }
+
+  /** IN / OUT data bytes taken by the current {@link processQueue} call. */
+  #bytes = 0;
 
   // One batch, reused: the chains' heads, and per chain its parsed request
   // or the driver's mistake (both null: used length 0).
@@ -251,7 +274,8 @@ export class VirtioBlkDevice implements VirtioDevice {
 
   /**
    * Pops and parses up to `limit` chains (at most {@link MAX_BATCH}; the
-   * batch ends after a FLUSH, and when `shouldStop` says so), runs the valid
+   * batch ends after a FLUSH, once its data reaches {@link MAX_BATCH_BYTES} or
+   * the call's `byteBudget`, and when `shouldStop` says so), runs the valid
    * requests' disk I/O in ring order with runs of reads or writes batched
    * ({@link BlockEngine.executeAll}), then completes every chain in ring
    * order: status byte, used entry. Returns how many chains it took. An
@@ -262,6 +286,7 @@ export class VirtioBlkDevice implements VirtioDevice {
     engine: BlockEngine,
     active: ActiveQueue,
     limit: number,
+    byteBudget: number,
     shouldStop: (() => boolean) | undefined,
   ): number {
     const queue = active.queue;
@@ -270,11 +295,12 @@ export class VirtioBlkDevice implements VirtioDevice {
     const errors = this.#errors;
     const valid = this.#valid;
     const max = Math.min(limit, MAX_BATCH);
+    const maxBytes = Math.min(byteBudget, this.#bytes + MAX_BATCH_BYTES);
     let n = 0;
     let thrown: unknown;
     let threw = false;
     try {
-      while (n < max && (n === 0 || !shouldStop?.())) {
+      while (n < max && (n === 0 || (this.#bytes < maxBytes && !shouldStop?.()))) {
         let chain: DescriptorChain | null;
         try {
           chain = queue.pop();
@@ -301,8 +327,9 @@ export class VirtioBlkDevice implements VirtioDevice {
         n++;
         if (req !== null) {
           valid.push(req);
+          if (req.type === "in" || req.type === "out") this.#bytes += req.length;
           // Nothing after a FLUSH joins its batch: it runs once the writes before it are done.
-          if (req.type === "flush") break;
+          else if (req.type === "flush") break;
         }
       }
     } catch (e) {

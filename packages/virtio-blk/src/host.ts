@@ -7,6 +7,7 @@ import type {
   QueueNotifyRegion,
   QueueState,
 } from "@tskvm/virtio";
+import { StateBoard } from "./board.js";
 import type { BlkConfiguration, BlkDeviceOptions } from "./config.js";
 import type { BlkDeviceStats, BlkRemoteBackend } from "./device.js";
 import {
@@ -44,7 +45,11 @@ export interface BlkMsixEvent {
 /**
  * What the VMM does for the worker (the main thread owns the Vm and does the
  * ioctls). Called on the main thread's event loop; none of them is on the
- * request path.
+ * request path. `ioeventfd`, `msix` and `barMoved` bring the VMM to the
+ * worker's latest state: changes the guest made faster than the main thread
+ * applies them are coalesced (only the latest state per doorbell, vector and
+ * BAR is applied). A hook that throws is said on stderr (once) and does not
+ * stop the others.
  */
 export interface BlkWorkerHooks {
   /** `vm.registerIoeventfd(e.eventFd, e.region)` / `vm.unregisterIoeventfd(...)`. */
@@ -95,6 +100,12 @@ export interface StartBlkWorkerOptions {
   /** Requests served per queue before the worker looks at its control / channel fds again. Default 64. */
   budget?: number;
   /**
+   * IN / OUT data bytes served per queue before the worker looks at its control / channel fds
+   * again (at least one request is served). Default 64 MiB: a guest's huge requests do not keep
+   * register accesses from other vCPUs waiting for long.
+   */
+  byteBudget?: number;
+  /**
    * After serving requests, the worker keeps looking at the rings for this long (µs) before it
    * sleeps in poll (adaptive polling, like QEMU's poll-max-ns), so a busy driver's next requests
    * cost no wake-up. Default 0 (off): it made no difference in the bench on a shared 2-core host.
@@ -130,6 +141,11 @@ export class BlkWorkerHandle implements BlkRemoteBackend {
   readonly #port: MessagePort;
   readonly #hooks: BlkWorkerHooks;
   readonly #timeout: number;
+  readonly #board: StateBoard;
+  /** What the hooks were last told, per MSI-X vector / BAR / queue (see {@link #applyBoard}). */
+  readonly #appliedMsix = new Map<number, MsiMessage>();
+  readonly #appliedBars = new Map<number, number>();
+  readonly #appliedDoorbells = new Map<number, QueueNotifyRegion>();
   #seq = 0;
   #ready: BlkWorkerReady | undefined;
   #exit: BlkWorkerExit | undefined;
@@ -159,6 +175,10 @@ export class BlkWorkerHandle implements BlkRemoteBackend {
     this.#ctl = new Int32Array(shared);
     const { port1, port2 } = new MessageChannel();
     this.#port = port1;
+    this.#board = StateBoard.create(
+      options.transport === "pci" ? (options.pci?.msixVectors ?? this.irqEventFds.length) : 0,
+      this.notifyEventFds.length,
+    );
     const data: BlkWorkerData = {
       image: options.image,
       device: options.device ?? {},
@@ -172,8 +192,10 @@ export class BlkWorkerHandle implements BlkRemoteBackend {
       intxFd: options.intxFd,
       resampleFd: options.resampleFd,
       control: { shared, fd: this.#control.fd, port: port2 },
+      board: this.#board.layout,
       pollTimeoutMs: options.pollTimeoutMs ?? 500,
       budget: options.budget ?? 64,
+      byteBudget: options.byteBudget ?? 64 << 20,
       spinUs: options.spinUs ?? 0,
     };
     this.worker = new Worker(new URL("./worker.js", import.meta.url), {
@@ -196,28 +218,21 @@ export class BlkWorkerHandle implements BlkRemoteBackend {
           this.#ready = m.ready;
           readyResolve(m.ready);
           break;
-        case "ioeventfd": {
-          const eventFd = this.notifyEventFds[m.region.queue];
-          if (eventFd)
-            this.#hooks.ioeventfd?.({ action: m.action, queue: m.region.queue, region: m.region, eventFd });
-          break;
-        }
-        case "msix":
-          this.#hooks.msix?.({ vector: m.vector, message: m.message, irqfd: this.irqEventFds[m.vector] });
-          break;
-        case "bar":
-          this.#hooks.barMoved?.(m.index, m.address);
+        case "changed":
+          this.#applyBoard();
           break;
         case "needs-reset":
-          this.#ctx?.needsReset(new Error(m.reason));
-          this.#hooks.needsReset?.(m.reason);
+          this.#callHook("needsReset", () => {
+            this.#ctx?.needsReset(new Error(m.reason));
+            this.#hooks.needsReset?.(m.reason);
+          });
           break;
         case "config-interrupt":
           this.#ctx?.interrupt.signalConfig();
           break;
         case "error":
           lastError = { message: m.message, ...(m.code !== undefined ? { code: m.code } : {}) };
-          this.#hooks.error?.(m.message, m.code);
+          this.#callHook("error", () => this.#hooks.error?.(m.message, m.code));
           break;
         case "exit":
           this.#exit = m.exit;
@@ -257,6 +272,79 @@ export class BlkWorkerHandle implements BlkRemoteBackend {
       this.worker.once("error", (err) => done(err));
       this.worker.once("exit", () => done());
     });
+  }
+
+  /**
+   * Brings the VMM's routing in line with the worker's latest state: BAR
+   * moves, then doorbells (unregister the stale, register the new), then
+   * MSI-X routes — each hook only for what changed since it was last called.
+   */
+  #applyBoard(): void {
+    const b = this.#board;
+    b.clearDirty();
+    for (let i = 0; i < StateBoard.bars; i++) {
+      const address = b.bar(i);
+      if (address === undefined || address === (this.#appliedBars.get(i) ?? 0)) continue;
+      this.#appliedBars.set(i, address);
+      this.#callHook("barMoved", () => this.#hooks.barMoved?.(i, address));
+    }
+    for (let queue = 0; queue < b.layout.queues; queue++) {
+      const want = b.doorbell(queue);
+      if (want === undefined) continue;
+      const have = this.#appliedDoorbells.get(queue);
+      const eventFd = this.notifyEventFds[queue]!;
+      if (have && !(want && sameRegion(have, want))) {
+        this.#appliedDoorbells.delete(queue);
+        this.#callHook("ioeventfd", () =>
+          this.#hooks.ioeventfd?.({ action: "unregister", queue, region: have, eventFd }),
+        );
+      }
+      if (want && !this.#appliedDoorbells.has(queue)) {
+        // Counted as registered only once the hook succeeded: a refused one is tried again next time.
+        if (
+          this.#callHook("ioeventfd", () =>
+            this.#hooks.ioeventfd?.({ action: "register", queue, region: want, eventFd }),
+          )
+        )
+          this.#appliedDoorbells.set(queue, want);
+      }
+    }
+    for (let vector = 0; vector < b.layout.vectors; vector++) {
+      const message = b.msix(vector);
+      if (message === undefined) continue;
+      const have = this.#appliedMsix.get(vector);
+      if (
+        message === null
+          ? have === undefined
+          : have?.address === message.address && have.data === message.data
+      )
+        continue;
+      if (message) this.#appliedMsix.set(vector, message);
+      else this.#appliedMsix.delete(vector);
+      this.#callHook("msix", () => this.#hooks.msix?.({ vector, message, irqfd: this.irqEventFds[vector] }));
+    }
+  }
+
+  #hookFailed = false;
+
+  /**
+   * Calls a VMM hook from the worker's messages: a hook that throws (e.g. KVM
+   * refusing an ioeventfd at an address the guest chose) must not become an
+   * uncaught exception on the main thread. The first failure is said on
+   * stderr. Returns whether the hook succeeded.
+   */
+  #callHook(name: string, call: () => void): boolean {
+    try {
+      call();
+      return true;
+    } catch (e) {
+      if (!this.#hookFailed) {
+        this.#hookFailed = true;
+        const why = e instanceof Error ? e.message : String(e);
+        process.stderr.write(`tskvm: virtio-blk: the VMM's ${name} hook failed: ${why}\n`);
+      }
+      return false;
+    }
   }
 
   /** The device configuration (after `ready`). */
@@ -339,6 +427,16 @@ export class BlkWorkerHandle implements BlkRemoteBackend {
 }
 
 type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
+
+function sameRegion(a: QueueNotifyRegion, b: QueueNotifyRegion): boolean {
+  return (
+    a.address === b.address &&
+    a.length === b.length &&
+    a.datamatch === b.datamatch &&
+    a.bar === b.bar &&
+    a.barOffset === b.barOffset
+  );
+}
 
 /**
  * Starts a blk I/O worker: it opens the image, builds the device (and, for

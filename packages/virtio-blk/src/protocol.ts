@@ -2,14 +2,8 @@
 // I/O worker. Plain, structured-cloneable data only.
 import type { MessagePort } from "node:worker_threads";
 import type { DeviceChannelDescriptor, GuestMemoryDescriptor } from "@tskvm/kvm-core";
-import type {
-  MsiMessage,
-  PciBarInfo,
-  PlainGuestMemoryDescriptor,
-  QueueNotifyRegion,
-  QueueState,
-  VirtioPciLayout,
-} from "@tskvm/virtio";
+import type { PciBarInfo, PlainGuestMemoryDescriptor, QueueState, VirtioPciLayout } from "@tskvm/virtio";
+import type { StateBoardLayout } from "./board.js";
 import type { BlkConfiguration, BlkDeviceOptions, BlkDiskInfo } from "./config.js";
 import type { BlkDeviceStats } from "./device.js";
 
@@ -62,8 +56,12 @@ export interface BlkWorkerData {
   intxFd: number | undefined;
   resampleFd: number | undefined;
   control: { shared: SharedArrayBuffer; fd: number; port: MessagePort };
+  /** The latest MSI-X routes, BAR addresses and live doorbells (see `StateBoard`). */
+  board: StateBoardLayout;
   pollTimeoutMs: number;
   budget: number;
+  /** IN / OUT data bytes served per queue before the worker looks at its other fds again. */
+  byteBudget: number;
   spinUs: number;
 }
 
@@ -99,9 +97,8 @@ export interface BlkWorkerExit {
 
 export type WorkerEvent =
   | { type: "ready"; ready: BlkWorkerReady }
-  | { type: "ioeventfd"; action: "register" | "unregister"; region: QueueNotifyRegion }
-  | { type: "msix"; vector: number; message: MsiMessage | null }
-  | { type: "bar"; index: number; address: number }
+  /** The state board changed (MSI-X routes, BAR addresses, live doorbells): read it. At most one is outstanding. */
+  | { type: "changed" }
   | { type: "needs-reset"; reason: string }
   | { type: "config-interrupt" }
   | { type: "exit"; exit: BlkWorkerExit }

@@ -110,6 +110,10 @@ export type BlockRequestErrorDetail =
   | { kind: "UnexpectedWritableData"; length: number }
   /** IN / OUT data that is not a whole number of 512-byte sectors. */
   | { kind: "DataLengthNotSectorMultiple"; length: number }
+  /** IN / OUT data in more segments (descriptor pieces) than seg_max. */
+  | { kind: "TooManyDataSegments"; count: number; max: number }
+  /** An IN / OUT data segment larger than size_max. */
+  | { kind: "DataSegmentTooLarge"; index: number; length: number; max: number }
   /** sector + number of sectors does not fit in 64 bits. */
   | { kind: "SectorOverflow"; sector: bigint; sectors: number }
   /** The range ends past the end of the disk. */
@@ -170,6 +174,10 @@ function describe(d: BlockRequestErrorDetail): string {
       return `${d.length} device-writable bytes before the status where none are expected`;
     case "DataLengthNotSectorMultiple":
       return `data length ${d.length} is not a multiple of 512`;
+    case "TooManyDataSegments":
+      return `the data is in ${d.count} segments, at most ${d.max} (seg_max) allowed`;
+    case "DataSegmentTooLarge":
+      return `data segment ${d.index} has ${d.length} bytes, at most ${d.max} (size_max) allowed`;
     case "SectorOverflow":
       return `sector ${d.sector} + ${d.sectors} sectors overflows 64 bits`;
     case "SectorOutOfRange":
@@ -341,6 +349,37 @@ function sectorRange(
   return sector;
 }
 
+/**
+ * Checks the data of an IN / OUT request against seg_max and size_max: the
+ * `bytes` data bytes that start `skip` bytes into descriptor `start`, counted
+ * per descriptor piece (empty descriptors do not count).
+ */
+function checkDataSegments(
+  lengths: readonly number[],
+  start: number,
+  skip: number,
+  bytes: number,
+  limits: BlkLimits,
+  head: number,
+  status: Uint8Array,
+): void {
+  let i = start;
+  let off = skip;
+  while (off > 0 && lengths[i]! <= off) off -= lengths[i++]!;
+  let left = bytes;
+  let count = 0;
+  while (left > 0) {
+    const take = Math.min(lengths[i++]! - off, left);
+    off = 0;
+    if (take === 0) continue;
+    if (take > limits.sizeMax)
+      reject({ kind: "DataSegmentTooLarge", index: count, length: take, max: limits.sizeMax }, head, status);
+    count++;
+    left -= take;
+  }
+  if (count > limits.segMax) reject({ kind: "TooManyDataSegments", count, max: limits.segMax }, head, status);
+}
+
 /** The readable bytes after the header (OUT data, segments). */
 function bodyReader(chain: DescriptorChain): ChainReader {
   const r = chain.reader();
@@ -420,6 +459,7 @@ export function parseBlockRequest(
       if (writeData % SECTOR_SIZE !== 0)
         reject({ kind: "DataLengthNotSectorMultiple", length: writeData }, head, s);
       const sector = sectorRange(hi, lo, writeData >>> SECTOR_SHIFT, limits.capacity, head, s);
+      checkDataSegments(lengths, writableStart, 0, writeData, limits, head, s);
       // The usual layout: the data in one descriptor, the status byte alone in the next (the last).
       const buffers =
         lengths.length === writableStart + 2 &&
@@ -435,6 +475,7 @@ export function parseBlockRequest(
       if (readData % SECTOR_SIZE !== 0)
         reject({ kind: "DataLengthNotSectorMultiple", length: readData }, head, s);
       const sector = sectorRange(hi, lo, readData >>> SECTOR_SHIFT, limits.capacity, head, s);
+      checkDataSegments(lengths, 0, BLK_HEADER_SIZE, readData, limits, head, s);
       const buffers = (reader ?? bodyReader(chain)).readViews(readData);
       return { type: "out", head, header, status: s, sector, length: readData, buffers };
     }

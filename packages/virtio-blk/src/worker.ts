@@ -4,7 +4,7 @@
 // eventfd and the DeviceChannel doorbell; serves every available request per
 // wake-up straight between the disk and guest RAM; raises irqfds. The main
 // thread's event loop is never on that path.
-import { readFileSync } from "node:fs";
+import { readFileSync, writeSync } from "node:fs";
 import { type MessagePort, parentPort, receiveMessageOnPort, workerData } from "node:worker_threads";
 import { type DiskImage, openDiskImage } from "@tskvm/disk-image";
 import {
@@ -25,10 +25,12 @@ import {
   PlainGuestMemory,
   type PlainGuestMemoryDescriptor,
   Queue,
+  type QueueNotifyRegion,
   type QueueState,
   VirtioMmioTransport,
   VirtioPciTransport,
 } from "@tskvm/virtio";
+import { StateBoard } from "./board.js";
 import { MMIO_SPACE, PCI_CONFIG_SPACE } from "./channel.js";
 import { diskInfo } from "./config.js";
 import { type BlkDeviceStats, VirtioBlkDevice } from "./device.js";
@@ -111,10 +113,26 @@ function run(image: DiskImage): void {
   const memory = openMemory(data.memory);
   const device = new VirtioBlkDevice({ image, ...data.device });
   const notify = data.notifyFds.map((fd) => EventFd.fromFd(fd, true));
+  /** Queues to serve without waiting for a notification (left over from a round, or notified by a trapped doorbell write). */
+  const pending: boolean[] = notify.map(() => false);
+  // A doorbell write that trapped (no ioeventfd yet) reaches the device through the channel: mark
+  // the queue and let the loop serve it within its budgets, not inline with the register access.
+  device.queueNotify = (index) => {
+    if (index >= 0 && index < pending.length) pending[index] = true;
+  };
   const irqfds = data.irqfds.map((fd) => EventFd.fromFd(fd, true));
   const intx = data.intxFd !== undefined ? EventFd.fromFd(data.intxFd, true) : undefined;
   const resample = data.resampleFd !== undefined ? EventFd.fromFd(data.resampleFd, true) : undefined;
   const channel = data.channel ? DeviceChannel.fromDescriptor(data.channel) : undefined;
+  // Routing changes go through the board: the latest state per vector / BAR / doorbell, one message.
+  const board = new StateBoard(data.board);
+  const tell = (changed: boolean): void => {
+    if (changed) post({ type: "changed" });
+  };
+  const hooks = {
+    queueNotifyEnabled: (region: QueueNotifyRegion) => tell(board.setDoorbell(region.queue, region)),
+    queueNotifyDisabled: (region: QueueNotifyRegion) => tell(board.setDoorbell(region.queue, undefined)),
+  };
   const line: IntxLine = {
     // An irqfd with a resample eventfd is level-triggered: KVM drops the line at EOI and
     // signals the resample fd, where the transport raises it again if the ISR is still set.
@@ -132,10 +150,9 @@ function run(image: DiskImage): void {
       msix: { signalVector: (v) => irqfds[v]?.write(1) },
       intx: line,
       hooks: {
-        queueNotifyEnabled: (region) => post({ type: "ioeventfd", action: "register", region }),
-        queueNotifyDisabled: (region) => post({ type: "ioeventfd", action: "unregister", region }),
-        msixVectorChanged: (vector, message) => post({ type: "msix", vector, message }),
-        barChanged: (index, address) => post({ type: "bar", index, address }),
+        ...hooks,
+        msixVectorChanged: (vector, message) => tell(board.setMsix(vector, message)),
+        barChanged: (index, address) => tell(board.setBar(index, address)),
       },
       msixVectors: o.msixVectors ?? irqfds.length,
       ...(o.bar64 !== undefined ? { bar64: o.bar64 } : {}),
@@ -153,10 +170,7 @@ function run(image: DiskImage): void {
       memory,
       base: data.mmioBase ?? 0,
       irq: line,
-      hooks: {
-        queueNotifyEnabled: (region) => post({ type: "ioeventfd", action: "register", region }),
-        queueNotifyDisabled: (region) => post({ type: "ioeventfd", action: "unregister", region }),
-      },
+      hooks,
     });
   }
   const core = pci?.core ?? mmio?.core;
@@ -244,18 +258,68 @@ function run(image: DiskImage): void {
   function serveChannel(ch: DeviceChannel): void {
     while (
       ch.serve((a) => {
-        if (pci) {
-          if (a.space === PCI_CONFIG_SPACE) {
-            if (a.write) pci.writeConfig(a.offset, a.data);
-            else pci.readConfig(a.offset, a.data);
-          } else if (a.write) pci.writeBar(a.space, a.offset, a.data);
-          else pci.readBar(a.space, a.offset, a.data);
-        } else if (mmio && a.space === MMIO_SPACE) {
-          if (a.write) mmio.write(a.offset, a.data);
-          else mmio.read(a.offset, a.data);
-        } else throw new Error(`no register space ${a.space}`);
+        // The access is always answered: an exception here would fail the vCPU's access (and
+        // with it the VMM), so it breaks the device instead and the read returns zeros.
+        guard(
+          () => {
+            if (pci) {
+              if (a.space === PCI_CONFIG_SPACE) {
+                if (a.write) pci.writeConfig(a.offset, a.data);
+                else pci.readConfig(a.offset, a.data);
+              } else if (a.write) pci.writeBar(a.space, a.offset, a.data);
+              else pci.readBar(a.space, a.offset, a.data);
+            } else if (mmio && a.space === MMIO_SPACE) {
+              if (a.write) mmio.write(a.offset, a.data);
+              else mmio.read(a.offset, a.data);
+            } else throw new Error(`no register space ${a.space}`);
+          },
+          () => (a.write ? undefined : a.data.fill(0)),
+        );
       })
     );
+  }
+
+  // ---- the last-resort guard ----
+  // Nothing the guest does may end this worker (and with it the disk and the VM): an exception
+  // out of the device or its transport marks the device DEVICE_NEEDS_RESET — the driver sees a
+  // broken device and may reset it, as Firecracker's "device broken" — and is said on stderr
+  // once. The device itself already turns what it meets into NEEDS_RESET; this is the backstop.
+  let guardReported = false;
+  function deviceFailed(e: unknown): void {
+    const error = e instanceof Error ? e : new Error(String(e));
+    if (!guardReported) {
+      guardReported = true;
+      try {
+        writeSync(
+          2,
+          `tskvm: virtio-blk ${data.image.path}: device error, marked DEVICE_NEEDS_RESET (the VM goes on; later ones are not reported): ${error.name}: ${error.message}${where(error)}\n`,
+        );
+      } catch {
+        // no stderr
+      }
+    }
+    try {
+      if (core) core.needsReset(error);
+      else if (!remoteBroken) {
+        remoteBroken = true;
+        post({ type: "needs-reset", reason: error.message });
+      }
+    } catch {
+      // marking it broken failed too: the loop still goes on
+    }
+  }
+  /** " (at file:line)" from the error's first stack frame, if any. */
+  function where(e: Error): string {
+    const frame = e.stack?.split("\n")[1]?.trim();
+    return frame?.startsWith("at ") ? ` (${frame})` : "";
+  }
+  function guard(work: () => void, onError?: () => void): void {
+    try {
+      work();
+    } catch (e) {
+      deviceFailed(e);
+      onError?.();
+    }
   }
 
   /** poll(2), with a signal (EINTR: a profiler, a kick meant for another thread) counting as "nothing yet". */
@@ -276,8 +340,6 @@ function run(image: DiskImage): void {
     return remoteBroken;
   }
 
-  /** Queues with requests left over from a budget-limited round (served again without a notification). */
-  const pending: boolean[] = notify.map(() => false);
   const fds: number[] = [control.fd];
   const channelAt = channel ? fds.push(channel.doorbell.fd) - 1 : -1;
   const resampleAt = resample ? fds.push(resample.fd) - 1 : -1;
@@ -316,8 +378,10 @@ function run(image: DiskImage): void {
       if (channel && readable[channelAt]) serveChannel(channel);
       if (resample && readable[resampleAt]) {
         resample.read();
-        pci?.resampleIntx();
-        mmio?.resampleIrq();
+        guard(() => {
+          pci?.resampleIntx();
+          mmio?.resampleIrq();
+        });
       }
       // A poll that timed out: look at every queue anyway (a safety net for a lost notification).
       const idle = !busy && !spinning && !readable.some((r) => r);
@@ -335,7 +399,14 @@ function run(image: DiskImage): void {
           continue;
         }
         const before = device.served;
-        pending[i] = device.processQueue(i, data.budget, stopRequested);
+        guard(
+          () => {
+            pending[i] = device.processQueue(i, data.budget, stopRequested, data.byteBudget);
+          },
+          () => {
+            pending[i] = false;
+          },
+        );
         const served = device.served - before;
         if (served > 0) {
           Atomics.add(ctl, Ctl.COMPLETED, served);

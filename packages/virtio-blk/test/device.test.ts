@@ -457,7 +457,14 @@ describe("parseBlockRequest fast paths", () => {
   it("a header or data buffer split across host views is read as a stream (view cache or not)", () => {
     const memory = new PlainGuestMemory([{ address: 0, size: 1 << 20 }], { windowSize: 4096 });
     const q = new Queue(memory, { size: 8, descTable: 0x1000, availRing: 0x2000, usedRing: 0x3000 });
-    const limits = { capacity: 2048, readOnly: false, discard: undefined, writeZeroes: undefined };
+    const limits = {
+      capacity: 2048,
+      readOnly: false,
+      segMax: 254,
+      sizeMax: 1 << 20,
+      discard: undefined,
+      writeZeroes: undefined,
+    };
     const hdr = 0x4ff8; // the 16-byte header straddles the window boundary at 0x5000
     memory.write(hdr, header(VIRTIO_BLK_T_IN, 7));
     writeDescriptor(memory, 0x1000, 0, { address: hdr, length: 16, flags: VIRTQ_DESC_F_NEXT, next: 1 });

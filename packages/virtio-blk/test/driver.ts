@@ -28,6 +28,11 @@ export interface Part {
   /** Device-writable length (filled with 0xa5 so untouched bytes show). */
   length?: number;
   writable?: boolean;
+  /**
+   * A guest address of the caller's choosing (anywhere, RAM or not): nothing is
+   * allocated or written there; `data` only gives the length.
+   */
+  address?: number | bigint;
 }
 
 export interface Completion {
@@ -44,7 +49,7 @@ export interface Completion {
 interface InFlight {
   descriptors: number[];
   buffers: number[];
-  writable: { address: number; length: number }[];
+  writable: { address: number | bigint; length: number }[];
 }
 
 export const FILL = 0xa5;
@@ -111,15 +116,19 @@ export class BlkTestDriver {
   submit(parts: readonly Part[], options: { indirect?: boolean } = {}): number {
     const mem = this.memory;
     const buffers: number[] = [];
-    const descs: { address: number; length: number; writable: boolean }[] = [];
-    const writable: { address: number; length: number }[] = [];
+    const descs: { address: number | bigint; length: number; writable: boolean }[] = [];
+    const writable: { address: number | bigint; length: number }[] = [];
     for (const p of parts) {
       const isW = p.writable ?? p.data === undefined;
       const length = p.data ? p.data.length : (p.length ?? 0);
-      const a = this.alloc.alloc(Math.max(1, length), 8);
-      buffers.push(a);
-      if (p.data) mem.write(a, p.data);
-      else mem.fill(a, Math.max(1, length), FILL);
+      let a: number | bigint;
+      if (p.address !== undefined) a = p.address;
+      else {
+        a = this.alloc.alloc(Math.max(1, length), 8);
+        buffers.push(a);
+        if (p.data) mem.write(a, p.data);
+        else mem.fill(a, Math.max(1, length), FILL);
+      }
       descs.push({ address: a, length, writable: isW });
       if (isW) writable.push({ address: a, length });
     }
@@ -187,6 +196,13 @@ export class BlkTestDriver {
     this.q.kick();
   }
 
+  /** Forgets every chain in flight and frees its buffers (after a device reset). */
+  abandon(): void {
+    for (const f of this.#inflight.values()) for (const b of f.buffers) this.alloc.free(b);
+    this.#inflight.clear();
+    this.#free = Array.from({ length: this.q.size }, (_, i) => i);
+  }
+
   /** Collects completions, reads their buffers, frees them. */
   reap(): Completion[] {
     const out: Completion[] = [];
@@ -194,7 +210,12 @@ export class BlkTestDriver {
       const f = this.#inflight.get(u.id);
       if (!f) throw new Error(`used id ${u.id} was not in flight`);
       this.#inflight.delete(u.id);
-      const writable = f.writable.map((w) => this.memory.read(w.address, w.length));
+      // Buffers outside RAM (a hostile chain's) read as empty.
+      const writable = f.writable.map((w) =>
+        typeof w.address === "number" && this.memory.isValidRange(w.address, w.length)
+          ? this.memory.read(w.address, w.length)
+          : new Uint8Array(0),
+      );
       const all = concat(writable);
       const status = all.length > 0 ? all[all.length - 1] : undefined;
       out.push({

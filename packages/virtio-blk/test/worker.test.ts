@@ -24,10 +24,11 @@ import {
   type BlkIoeventfdEvent,
   type BlkMsixEvent,
   ChannelMmioWindow,
+  ChannelPciFunction,
   startBlkWorker,
   VirtioBlkDevice,
 } from "../dist/index.js";
-import { pattern, sameBytes } from "./driver.js";
+import { BlkTestDriver, type Completion, header, pattern, sameBytes } from "./driver.js";
 
 const DISK_SEED = 11;
 const DISK_SIZE = 8 << 20;
@@ -339,5 +340,143 @@ describe("the blk I/O worker with virtio-mmio", () => {
     resample.close();
     channel.close();
     region.release();
+  });
+});
+
+describe("a hostile guest against the blk I/O worker (issue #12)", () => {
+  /** A pci blk worker with the driver simulator on this thread (register accesses through the channel). */
+  async function pciWorker(hooks: Parameters<typeof startBlkWorker>[0]["hooks"] = {}) {
+    const region = GuestRegion.allocate(0, 32 << 20);
+    const memory = new GuestMemory([region]);
+    const channel = DeviceChannel.create();
+    const handle = startBlkWorker({
+      image: { path: freshDisk(), format: "raw" },
+      memory: memory.describe(),
+      transport: "pci",
+      channel: channel.describe(),
+      hooks,
+    });
+    const ready = await handle.ready;
+    const fn = new ChannelPciFunction(channel);
+    const transport = new PciDriverTransport(fn);
+    transport.notify = () => handle.notifyEventFds[0]!.write(1); // the ioeventfd a VMM registers
+    const sim = new VirtioDriverSimulator({
+      transport,
+      memory,
+      heap: { address: 0x10_0000, size: 24 << 20 },
+    });
+    sim.init({ queueSize: 64 });
+    const driver = new BlkTestDriver(sim.queue(0), memory, sim.allocator);
+    /** Blocks this thread (the worker works on) until `n` chains completed. */
+    const reapN = (n: number): Completion[] => {
+      const out: Completion[] = [];
+      const sleep = new Int32Array(new SharedArrayBuffer(4));
+      const deadline = Date.now() + 10_000;
+      while (out.length < n && Date.now() < deadline) {
+        out.push(...driver.reap());
+        if (out.length < n) Atomics.wait(sleep, 0, 0, 2);
+      }
+      return out;
+    };
+    const close = async () => {
+      const exit = await handle.stop();
+      channel.close();
+      region.release();
+      return exit;
+    };
+    return { memory, channel, handle, ready, fn, transport, sim, driver, reapN, close };
+  }
+
+  it("an IN with an empty data descriptor at 2^53 is failed, and the worker (and the VM) go on", async () => {
+    const w = await pciWorker();
+    let exited = false;
+    void w.handle.exited.then(() => {
+      exited = true;
+    });
+    // Before the fix the first of these threw out of the worker's loop: the worker ended.
+    for (const address of [2n ** 53n, 2n ** 64n - 1n, 48 << 20])
+      w.driver.submit([{ data: header(0, 0) }, { length: 0, address }, { length: 1 }]);
+    w.driver.submit([{ data: header(0, 3) }, { length: 512 }, { length: 1 }]);
+    w.driver.kick();
+    const done = w.reapN(4);
+    expect(done.map((c) => c.len)).toEqual([0, 0, 0, 513]);
+    expect(sameBytes(done[3]!.data, pattern(DISK_SIZE, DISK_SEED).subarray(3 * 512, 4 * 512))).toBe(true);
+    expect(w.sim.status & DeviceStatus.DEVICE_NEEDS_RESET).toBe(0);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(exited).toBe(false);
+    expect(w.handle.stats().failed).toBe(3);
+    expect((await w.close()).error).toBeUndefined();
+  });
+
+  it("MSI-X, BAR and decoding toggled thousands of times reach the main thread as a few messages, latest state applied", async () => {
+    const routes: BlkMsixEvent[] = [];
+    const bars: { index: number; address: number }[] = [];
+    const doorbells: BlkIoeventfdEvent[] = [];
+    const w = await pciWorker({
+      msix: (e) => routes.push(e),
+      barMoved: (index, address) => bars.push({ index, address }),
+      ioeventfd: (e) => doorbells.push(e),
+    });
+    const drain = async () => {
+      for (let i = 0; i < 5; i++) await new Promise((r) => setTimeout(r, 10));
+    };
+    await drain();
+    const messages: string[] = [];
+    w.handle.worker.on("message", (m: { type: string }) => messages.push(m.type));
+    const [r0, b0, d0] = [routes.length, bars.length, doorbells.length];
+    const msix = w.ready.pci!.layout.msix!;
+    const u32 = (v: number) => {
+      const b = new Uint8Array(4);
+      new DataView(b.buffer).setUint32(0, v, true);
+      return b;
+    };
+    const bar0 = w.transport.barAddresses.get(0)!;
+    const command = new Uint8Array(2);
+    w.fn.readConfig(4, command);
+    // This thread stays busy (no event loop) while the guest toggles: 3 × 2000 register writes.
+    for (let i = 0; i < 2000; i++) {
+      w.fn.writeBar(msix.bar, msix.tableOffset + 16 + 12, u32(i % 2 === 0 ? 1 : 0)); // mask / unmask vector 1
+      w.fn.writeConfig(0x10, u32(i % 2 === 0 ? bar0 + 0x100000 : bar0)); // move BAR 0 and back
+      w.fn.writeConfig(4, Uint8Array.of(command[0]! ^ (i % 2 === 0 ? 2 : 0), command[1]!)); // decoding off / on
+    }
+    await drain();
+    // Before: one message per change (thousands queued); now at most one is outstanding.
+    expect(messages.length).toBeLessThanOrEqual(3);
+    expect(routes.length - r0).toBeLessThanOrEqual(2);
+    expect(bars.length - b0).toBeLessThanOrEqual(2);
+    expect(doorbells.length - d0).toBeLessThanOrEqual(4);
+    // The latest state: vector 1 routed, BAR 0 where it was, the doorbell registered there.
+    const last = routes.filter((r) => r.vector === 1).pop();
+    expect(last?.message).not.toBeNull();
+    expect(bars.filter((b) => b.index === 0).pop()?.address ?? bar0).toBe(bar0);
+    const live = doorbells.filter((d) => d.queue === 0).pop();
+    expect(live).toMatchObject({ action: "register", region: { address: bar0 + 0x3000 } });
+    // A change that stays is applied: BAR 0 moved, its doorbell re-registered there.
+    w.fn.writeConfig(0x10, u32(bar0 + 0x200000));
+    await drain();
+    expect(bars.pop()).toEqual({ index: 0, address: bar0 + 0x200000 });
+    expect(doorbells.slice(-2).map((d) => [d.action, d.region.address])).toEqual([
+      ["unregister", bar0 + 0x3000],
+      ["register", bar0 + 0x203000],
+    ]);
+    // And the device still works.
+    w.driver.submit([{ data: header(0, 1) }, { length: 512 }, { length: 1 }]);
+    w.driver.kick();
+    expect(w.reapN(1)[0]?.len).toBe(513);
+    await w.close();
+  });
+
+  it("an exception inside the worker marks the device DEVICE_NEEDS_RESET, says so on stderr once, and the VM goes on", () => {
+    const child = spawnSync(
+      process.execPath,
+      [new URL("./fixtures/guard-child.mjs", import.meta.url).pathname, freshDisk()],
+      { encoding: "utf8", timeout: 30_000 },
+    );
+    expect(child.status).toBe(0);
+    const out = JSON.parse(child.stdout.trim().split("\n").pop() ?? "{}");
+    expect(out).toEqual({ answered: 2, brokenAfterFault: true, servedAfterReset: 513 });
+    const lines = child.stderr.split("\n").filter((l) => l.includes("DEVICE_NEEDS_RESET"));
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(/no register space 7/);
   });
 });
