@@ -117,6 +117,30 @@ describe(`tskvm run with disks (${target.kind})`, () => {
     expect(r.host.checkCode).toBe(0);
   });
 
+  it("a probed raw disk refuses a guest-written qcow2 header naming a host file; the next boot cannot read the file", () => {
+    const r = get(
+      "probed raw disk: a guest-written qcow2 header naming a host file is refused; the next boot cannot read the file",
+    );
+    guestOk(r, r.run);
+    guestOk(r, r.run2);
+    expect(r.host.create).toBe(0);
+    expect(r.host.evilHead).toBe("QFI\xfb");
+    // Boot 1: the write of sector 0 fails in the guest with an I/O error; the rest is just data.
+    expect(r.said.HEADER).toMatch(/^[1-9]\d* .*(I\/O error|Input\/output error)/);
+    expect(r.said.REST).toBe("0");
+    expect(r.said.SECTOR0).toBe("RAW-SECTOR-ZERO!");
+    expect(r.host.sector0UnchangedAfterFirst).toBe(true);
+    // A disk given as format=raw takes the same write.
+    expect(r.said.GIVEN).toBe("0");
+    expect(r.host.givenHead).toBe("QFI\xfb");
+    // Boot 2: still raw; none of the host file's bytes reach the guest.
+    expect(r.said2.SECTOR0).toBe("RAW-SECTOR-ZERO!");
+    expect(r.said2.AT4K ?? "").not.toContain("HOST-SECRET");
+    expect(r.said2.SECRETS).toBe("0");
+    expect(r.host.sector0Unchanged).toBe(true);
+    expect(r.host.probes).toBe("raw");
+  });
+
   it("disk errors are clear, exit 1, and boot nothing", () => {
     const r = get("disk errors: missing, locked, corrupt, directory");
     for (const k of ["missing", "locked", "lockedRo", "corrupt", "dir"]) {
