@@ -72,12 +72,6 @@ interface Inline {
   engine: BlockEngine;
 }
 
-const FENCE = new Int32Array(new SharedArrayBuffer(4));
-/** A full memory barrier (a locked instruction) between a ring write and the read that must follow it. */
-function fence(): void {
-  Atomics.add(FENCE, 0, 0);
-}
-
 /** Most chains one batch takes (parsed together, their disk I/O submitted together). */
 export const MAX_BATCH = 256;
 
@@ -221,26 +215,17 @@ export class VirtioBlkDevice implements VirtioDevice {
     let more = false;
     this.#bytes = 0;
     try {
-      queue.disableNotification();
-      for (;;) {
-        while (served < budget && this.#bytes < byteBudget && !shouldStop?.()) {
-          const n = this.#serveBatch(engine, active, budget - served, byteBudget, shouldStop);
-          if (n === 0) break;
-          served += n;
-        }
-        if (served >= budget || this.#bytes >= byteBudget || shouldStop?.()) {
-          // Leave notifications on (a stopped worker must not leave the driver silenced).
-          more = queue.enableNotification();
-          break;
-        }
-        // Re-enable, then look again: the driver may have added a request before it saw
-        // notifications back on (with a full fence between the two, as virtio_mb() does).
-        if (!queue.enableNotification()) {
-          fence();
-          if (queue.pending() === 0) break;
-        }
-        queue.disableNotification();
+      // Batches take chains with popOrEnableNotification: notifications stay off while requests
+      // keep coming, and the batch that finds the ring empty has turned them back on and looked
+      // again (behind a full fence), so nothing the driver added meanwhile is missed.
+      while (served < budget && this.#bytes < byteBudget && !shouldStop?.()) {
+        const n = this.#serveBatch(engine, active, budget - served, byteBudget, shouldStop);
+        if (n === 0) break;
+        served += n;
       }
+      // Drained: notifications are already on (this costs one read). Stopped early: turn them on
+      // (a stopped worker must not leave the driver silenced) and say whether requests are left.
+      more = queue.enableNotification();
     } catch (e) {
       // A fatal virtqueue error is the driver's; anything else is unexpected. Either way the
       // device stops here (DEVICE_NEEDS_RESET) rather than throwing into its caller.
@@ -249,7 +234,6 @@ export class VirtioBlkDevice implements VirtioDevice {
     }
     try {
       if (served > 0) this.#stats.batches++;
-      fence(); // used.idx is out before used_event is read
       if (queue.needsNotification()) {
         this.#stats.interrupts++;
         ctx.interrupt.signalQueue(index);
@@ -303,7 +287,7 @@ export class VirtioBlkDevice implements VirtioDevice {
       while (n < max && (n === 0 || (this.#bytes < maxBytes && !shouldStop?.()))) {
         let chain: DescriptorChain | null;
         try {
-          chain = queue.pop();
+          chain = queue.popOrEnableNotification();
         } catch (e) {
           if (!(e instanceof VirtqueueError) || e.fatal || e.head === undefined) throw e;
           heads[n] = e.head;

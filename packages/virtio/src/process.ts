@@ -14,12 +14,15 @@ export interface ProcessResult {
 }
 
 /**
- * The usual device loop over one queue: pops every available chain, gives it
- * to `handle` (which returns the number of bytes written into the chain),
- * puts it in the used ring, and finally asks {@link Queue.needsNotification}
- * and calls `signal` if needed. Malformed chains are failed (used length 0);
- * a fatal error stops the loop and is returned. Other exceptions from
- * `handle` propagate (they are device bugs, not guest mistakes).
+ * The usual device loop over one queue: takes every available chain with
+ * {@link Queue.popOrEnableNotification} (notifications suppressed while it
+ * works, re-enabled and the ring re-checked once it is empty, so no chain is
+ * left behind without a notification), gives each to `handle` (which returns
+ * the number of bytes written into the chain), puts it in the used ring, and
+ * finally asks {@link Queue.needsNotification} and calls `signal` if needed.
+ * Malformed chains are failed (used length 0); a fatal error stops the loop
+ * and is returned. Other exceptions from `handle` propagate (they are device
+ * bugs, not guest mistakes).
  */
 export function processQueue(
   queue: Queue,
@@ -30,7 +33,7 @@ export function processQueue(
   for (;;) {
     let chain: DescriptorChain | null;
     try {
-      chain = queue.pop();
+      chain = queue.popOrEnableNotification();
     } catch (e) {
       if (!(e instanceof VirtqueueError)) throw e;
       if (e.fatal || e.head === undefined) {
@@ -46,7 +49,15 @@ export function processQueue(
     try {
       len = handle(chain);
     } catch (e) {
-      if (!(e instanceof VirtqueueError) || e.fatal) throw e;
+      if (!(e instanceof VirtqueueError) || e.fatal) {
+        // A device bug: do not leave the driver silenced on the way out.
+        try {
+          queue.enableNotification();
+        } catch {
+          // the queue is broken; the original error says more
+        }
+        throw e;
+      }
       result.failed.push(e);
       queue.addUsed(chain.head, 0);
       continue;

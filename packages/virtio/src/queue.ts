@@ -106,6 +106,13 @@ export class Queue {
   #nextUsed: number;
   #numAdded = 0;
   #notifications = true;
+  /**
+   * Notifications are on and were published behind a full fence with the ring
+   * then found empty: until the next pop, a chain the driver adds is either
+   * seen by {@link pending} or followed by a notification, so "empty" needs no
+   * further fence.
+   */
+  #armed = false;
   #broken: VirtqueueError | undefined;
 
   /** Validates the configuration; throws the {@link VirtqueueError} of {@link validateQueueConfig}. */
@@ -152,6 +159,7 @@ export class Queue {
   }
   set nextAvail(v: number) {
     this.#nextAvail = v & 0xffff;
+    this.#armed = false;
   }
   get nextUsed(): number {
     return this.#nextUsed;
@@ -219,10 +227,42 @@ export class Queue {
    */
   pop(): DescriptorChain | null {
     if (this.pending() === 0) return null;
+    return this.#take();
+  }
+
+  /**
+   * The usual way for a device to drain a queue (Firecracker's
+   * `pop_or_enable_notification`): the next available chain, with
+   * available-buffer notifications suppressed while chains keep coming; or,
+   * when the ring is empty, null with notifications enabled again — after
+   * re-checking the ring behind a full fence (see {@link enableNotification}),
+   * so a chain the driver added just before it saw notifications back on is
+   * returned here rather than left waiting for a kick that never comes.
+   *
+   * ```ts
+   * for (let c = q.popOrEnableNotification(); c; c = q.popOrEnableNotification()) serve(c);
+   * if (q.needsNotification()) signal();
+   * ```
+   *
+   * A device that stops early (a budget) calls {@link enableNotification} and
+   * comes back if it returns true. Errors are those of {@link pop}.
+   */
+  popOrEnableNotification(): DescriptorChain | null {
+    if (this.pending() === 0) {
+      if (this.#armed || !this.enableNotification()) return null;
+      // The driver added a chain while notifications were being re-enabled: serve it, silenced.
+    }
+    if (this.#notifications) this.disableNotification();
+    return this.#take();
+  }
+
+  /** Consumes the chain at `nextAvail` (the caller saw it pending). */
+  #take(): DescriptorChain {
     const slot = this.#nextAvail & this.#mask;
     const head = this.#avail.u16(4 + 2 * slot);
     if (head >= this.size) this.#fail(new InvalidHeadIndexError(head, this.size));
     this.#nextAvail = (this.#nextAvail + 1) & 0xffff;
+    this.#armed = false;
     if (this.eventIdx && this.#notifications) this.#used.setU16(4 + 8 * this.size, this.#nextAvail);
     return this.#walk(head);
   }
@@ -230,6 +270,7 @@ export class Queue {
   /** Undoes the last {@link pop} (the chain will be popped again). */
   undoPop(): void {
     this.#nextAvail = (this.#nextAvail - 1) & 0xffff;
+    this.#armed = false;
   }
 
   #walk(head: number): DescriptorChain {
@@ -329,11 +370,16 @@ export class Queue {
    * since the last call (§2.7.10): without EVENT_IDX, unless the driver set
    * VIRTQ_AVAIL_F_NO_INTERRUPT; with it, when `used_event` lies in the range
    * just added (`vring_need_event`). Resets the count of added entries.
+   *
+   * A full fence comes first, so the new `used.idx` is visible to the driver
+   * before `used_event` / the flags are read: a driver that updated them after
+   * this read sees the used entries itself. Callers need no fence of their own.
    */
   needsNotification(): boolean {
     const added = this.#numAdded;
     this.#numAdded = 0;
     if (added === 0) return false;
+    fullFence();
     if (this.eventIdx) {
       const newIdx = this.#nextUsed;
       const oldIdx = (newIdx - added) & 0xffff;
@@ -342,22 +388,54 @@ export class Queue {
     return (this.#avail.u16(0) & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
   }
 
+  /** Whether available-buffer notifications are currently asked for (see {@link enableNotification}). */
+  get notificationsEnabled(): boolean {
+    return this.#notifications;
+  }
+
   /**
-   * Asks the driver for available-buffer notifications again. Returns true if
-   * chains are already pending (process them: the driver may not notify).
+   * Asks the driver for available-buffer notifications again (clears
+   * VIRTQ_USED_F_NO_NOTIFY, or with EVENT_IDX sets `avail_event` to
+   * `nextAvail`), then — after a full fence, so the driver sees the request
+   * before the ring is read again — returns whether chains are pending. True
+   * means the driver may have added them without notifying: process them (a
+   * device that stops early with work left calls this and comes back when it
+   * returns true). Like rust-vmm virtio-queue's `enable_notification`.
    */
   enableNotification(): boolean {
+    if (this.#armed) return this.pending() > 0;
     this.#notifications = true;
     if (this.eventIdx) this.#used.setU16(4 + 8 * this.size, this.#nextAvail);
     else this.#used.setU16(0, this.#used.u16(0) & ~VIRTQ_USED_F_NO_NOTIFY);
-    return this.pending() > 0;
+    fullFence();
+    if (this.pending() > 0) return true;
+    this.#armed = true;
+    return false;
   }
 
-  /** Tells the driver not to notify (VIRTQ_USED_F_NO_NOTIFY, or stop moving avail_event with EVENT_IDX). */
+  /**
+   * Tells the driver not to notify (VIRTQ_USED_F_NO_NOTIFY, or with EVENT_IDX
+   * stop moving `avail_event`). {@link popOrEnableNotification} does this by
+   * itself; a driver may still notify (the flag is only a hint, and
+   * `avail_event` may already lie ahead).
+   */
   disableNotification(): void {
     this.#notifications = false;
+    this.#armed = false;
     if (!this.eventIdx) this.#used.setU16(0, this.#used.u16(0) | VIRTQ_USED_F_NO_NOTIFY);
   }
+}
+
+const FENCE_WORD = new Int32Array(new SharedArrayBuffer(4));
+
+/**
+ * A full memory barrier between a ring write and a ring read that must not
+ * pass it (virtio_mb()): an atomic read-modify-write on a SharedArrayBuffer,
+ * a locked instruction on x86 (an ordinary guest-memory write and read may
+ * otherwise be reordered, store before load, by the CPU).
+ */
+function fullFence(): void {
+  Atomics.add(FENCE_WORD, 0, 0);
 }
 
 /** `vring_need_event` (§2.7.10): true when `eventIdx` is in [oldIdx, newIdx) on the 16-bit circle. */
