@@ -106,4 +106,47 @@ describe(`tskvm run boots Linux (${target.kind})`, () => {
     expect(r.restored).toBe(true);
     expect(r.exitCode).toBe(code);
   });
+
+  type FaultRun = R & {
+    seen: boolean;
+    ended: boolean;
+    restored: boolean;
+    exitCode: number;
+    msToEnd: number | null;
+    tail: string;
+    imageCheck: string;
+    unlocked: true | string;
+  };
+  // What a VMM fault must leave: a process that ended in time, the terminal as it was,
+  // the image closed cleanly (qemu-img check) and unlocked.
+  const expectCleanEnd = (r: FaultRun, exitCode: number, withinMs: number, closedCleanly = true) => {
+    expect(r.seen, r.tail).toBe(true);
+    expect(r.ended, `still running; killed\n${r.tail}`).toBe(true);
+    expect(r.exitCode, r.tail).toBe(exitCode);
+    expect(r.msToEnd, r.tail).toBeLessThan(withinMs);
+    expect(r.restored).toBe(true);
+    if (closedCleanly) expect(r.imageCheck).toBe("clean");
+    expect(r.unlocked).toBe(true);
+  };
+
+  it.each([
+    ["an uncaught exception", /tskvm: VMM error: injected exception/],
+    ["an unhandled rejection", /tskvm: VMM error: injected rejection/],
+  ])("%s in the VMM while the guest spins stops the VM and exits 1 within 5 s", (what, message) => {
+    const r = get(`VMM fault: ${what} while the guest spins`) as FaultRun;
+    // The fault fires 200 ms after the guest's SPIN-START.
+    expectCleanEnd(r, 1, 5200);
+    expect(r.tail).toMatch(message);
+    expect(r.tail).toMatch(/the VM was stopped after the error above/);
+  });
+
+  it("SIGTERM ends tskvm even when the orderly stop hangs (dies of SIGTERM after the grace period)", () => {
+    const r = get("VMM fault: SIGTERM while the orderly stop hangs") as FaultRun;
+    // Killed by SIGTERM (a shell says 143) after STOP_GRACE_MS (4 s); the hung stop never
+    // closed the image, but the process is gone, and so is its lock.
+    expectCleanEnd(r, -15, 9000, false);
+    console.log(`image after the hard exit: ${r.imageCheck}`);
+    expect(r.msToEnd).toBeGreaterThanOrEqual(3900);
+    expect(r.tail).toMatch(/did not stop within 4 s: exiting without a clean stop/);
+  });
 });
