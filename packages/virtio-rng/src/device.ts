@@ -94,12 +94,6 @@ interface InProgress {
   written: number;
 }
 
-const FENCE = new Int32Array(new SharedArrayBuffer(4));
-/** A full memory barrier between a ring write and the read that must follow it. */
-function fence(): void {
-  Atomics.add(FENCE, 0, 0);
-}
-
 function defaultFill(view: Uint8Array): void {
   randomFillSync(view);
 }
@@ -223,34 +217,18 @@ export class VirtioRngDevice implements VirtioDevice {
     const result: RngProcessResult = { completed: 0, failed: 0, bytes: 0, notified: false };
     let failed = false;
     try {
-      const bucket = this.rateLimit;
-      bucket?.refill(this.#now());
-      let chains = 0;
-      queue.disableNotification();
-      for (;;) {
-        const stop = this.#serve(queue, result, chains);
-        chains = stop.chains;
-        if (stop.retryAfterMs !== undefined) {
-          result.retryAfterMs = stop.retryAfterMs;
-          if (stop.retryAfterMs > 0) this.#stats.throttled++;
-          // Leave notifications on: a host that does not come back must not leave the driver silenced.
-          queue.enableNotification();
-          break;
-        }
-        // Ring empty: re-enable, then look again, behind a full fence (the driver may have added a
-        // chain before it saw notifications back on).
-        if (!queue.enableNotification()) {
-          fence();
-          if (queue.pending() === 0) break;
-        }
-        queue.disableNotification();
+      this.rateLimit?.refill(this.#now());
+      const retry = this.#serve(queue, result);
+      if (retry !== undefined) {
+        result.retryAfterMs = retry;
+        if (retry > 0) this.#stats.throttled++;
       }
     } catch (e) {
       failed = true;
       this.#fail(ctx, e);
     }
     try {
-      fence(); // used.idx is out before used_event is read
+      // (needsNotification fences first: used.idx is out before used_event / the flags are read.)
       if (queue.needsNotification()) {
         this.#stats.interrupts++;
         result.notified = true;
@@ -265,31 +243,31 @@ export class VirtioRngDevice implements VirtioDevice {
   }
 
   /**
-   * Fills chains until the ring is empty (returns `retryAfterMs` undefined) or
-   * a bound is hit (0), or the bucket is empty (> 0). Throws on a broken ring.
+   * Fills chains until the ring is empty (returns undefined), a bound is hit
+   * (0) or the bucket is empty (> 0). Chains come from
+   * `popOrEnableNotification` (notifications off while chains keep coming;
+   * back on, and the ring re-checked behind a full fence, once it is empty);
+   * a stop with work left turns notifications back on too, so a host that
+   * does not come back does not leave the driver silenced. Throws on a broken
+   * ring.
    */
-  #serve(
-    queue: Queue,
-    result: RngProcessResult,
-    chainsSoFar: number,
-  ): { chains: number; retryAfterMs?: number } {
+  #serve(queue: Queue, result: RngProcessResult): number | undefined {
     const bucket = this.rateLimit;
-    let chains = chainsSoFar;
+    let chains = 0;
     for (;;) {
       let cur = this.#current;
       if (!cur) {
-        if (chains >= this.maxChainsPerCall)
-          return { chains, retryAfterMs: queue.pending() > 0 ? 0 : undefined };
+        if (chains >= this.maxChainsPerCall) return queue.enableNotification() ? 0 : undefined;
         let chain: DescriptorChain | null;
         try {
-          chain = queue.pop();
+          chain = queue.popOrEnableNotification();
         } catch (e) {
           if (!(e instanceof VirtqueueError) || e.fatal || e.head === undefined) throw e;
           chains++;
           this.#complete(queue, e.head, 0, result);
           continue;
         }
-        if (!chain) return { chains };
+        if (!chain) return undefined;
         chains++;
         // A chain with device-readable buffers: the device must not write them (§5.4.6.1), and
         // nothing is asked of it. One with no writable byte has nothing to fill.
@@ -304,8 +282,9 @@ export class VirtioRngDevice implements VirtioDevice {
       let allowed = Math.min(left, this.maxBytesPerCall - result.bytes);
       if (bucket) allowed = Math.min(allowed, bucket.available);
       if (allowed <= 0) {
-        if (result.bytes >= this.maxBytesPerCall) return { chains, retryAfterMs: 0 };
-        return { chains, retryAfterMs: bucket ? bucket.waitMs(left) : 0 };
+        queue.enableNotification();
+        if (result.bytes >= this.maxBytesPerCall || !bucket) return 0;
+        return bucket.waitMs(left);
       }
       this.#write(cur, allowed);
       bucket?.take(allowed);
