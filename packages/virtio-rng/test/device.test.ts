@@ -14,6 +14,7 @@ import {
   VIRTQ_DESC_F_INDIRECT,
   VIRTQ_DESC_F_NEXT,
   VIRTQ_DESC_F_WRITE,
+  VIRTQ_USED_F_NO_NOTIFY,
   VirtioDeviceId,
   VirtioDriverSimulator,
   VirtioPciTransport,
@@ -492,6 +493,22 @@ describe("rate limit", () => {
     advance(5000 + 5);
     // Back where it was + 5 ms: time spent going back is not counted twice.
     expect(rig.device.processQueue(0)).toMatchObject({ bytes: 5 });
+  });
+
+  it("a throttled or bounded stop leaves notifications on (no EVENT_IDX: NO_NOTIFY clear)", () => {
+    for (const extra of [{ rateLimit: { bytesPerSecond: 10, burst: 4 } }, { maxBytesPerCall: 4 }]) {
+      let t = 0;
+      const rig = rngRig({ features: VIRTIO_F_INDIRECT_DESC, now: () => t, ...extra });
+      rig.driver.submit([W(16)]);
+      rig.driver.submit([W(16)]);
+      const r = rig.device.processQueue(0);
+      expect(r.retryAfterMs).toBeDefined();
+      expect(rig.driver.q.usedFlags() & VIRTQ_USED_F_NO_NOTIFY).toBe(0);
+      t += 10_000;
+      while (rig.device.processQueue(0).retryAfterMs !== undefined) t += 10_000;
+      expect(rig.driver.q.usedFlags() & VIRTQ_USED_F_NO_NOTIFY).toBe(0);
+      expect(rig.driver.reap().map((d) => d.len)).toEqual([16, 16]);
+    }
   });
 
   it("queueNotify reports a throttled queue through onBacklog", () => {
