@@ -45,6 +45,19 @@ describe("--disk specs", () => {
     expect(status).toBe(2);
     expect(stderr).toMatch(/unknown option 'bogus'/);
   });
+
+  it("tskvm run reports a missing disk (exit 1) before it looks at the kernel or KVM", async () => {
+    let stderr = "";
+    const missing = join(tmpdir(), `tskvm-no-such-disk-${process.pid}.img`);
+    const status = await main(["run", "-k", "/nonexistent-kernel", "-d", missing], {
+      stdout: () => {},
+      stderr: (t) => (stderr += t),
+    });
+    expect(status).toBe(1);
+    expect(stderr).toContain(`${missing}: no such file`);
+    expect(stderr.split(missing).length - 1, stderr).toBe(1); // the path named once
+    expect(stderr).not.toMatch(/KVM|kernel/);
+  });
 });
 
 describe("checkDisks: every -d checked before anything looks at KVM", () => {

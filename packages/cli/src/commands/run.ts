@@ -9,7 +9,7 @@ import {
   parseBzImage,
 } from "@tskvm/machine-x86";
 import { type Command, ExitCode, type Io, parseCommandArgs, UsageError } from "../command.js";
-import { blkPciDevice, parseDiskSpec } from "../disk.js";
+import { blkPciDevice, checkDisks, parseDiskSpec } from "../disk.js";
 import { ConsoleTerminal } from "../terminal.js";
 
 export const RUN_HELP = `Usage: tskvm run [OPTIONS]
@@ -220,6 +220,13 @@ export const run: Command = {
     if (values.snapshot) for (const d of disks) d.snapshot = true;
     const mem = memMiB(values.mem);
     const cpus = positiveInt("--cpus", values.cpus, 1, 254);
+    // Every disk is checked (exists, format, locks) before the guest kit or KVM is looked at.
+    try {
+      for (const warning of checkDisks(disks)) io.stderr(`tskvm: warning: ${warning}\n`);
+    } catch (e) {
+      io.stderr(`tskvm: ${(e as Error).message}\n`);
+      return ExitCode.error;
+    }
     let kernel = values.kernel;
     let initrd = values.initrd;
     if (kernel === undefined) {
