@@ -262,10 +262,10 @@ export interface OutsideRead {
  * builtin ESM exports are live, so the package's named imports see the
  * wrappers after syncBuiltinESMExports().
  */
-export function watchReads<T>(
-  f: (outside: OutsideRead[]) => T,
+export async function watchReads<T>(
+  f: (outside: OutsideRead[]) => Promise<T>,
   limitOf: (file: { size: number; ino: number }) => number = (file) => file.size,
-): T {
+): Promise<T> {
   const outside: OutsideRead[] = [];
   const readvSync = fs.readvSync;
   const readSync = fs.readSync;
@@ -290,7 +290,7 @@ export function watchReads<T>(
   fs.readSync = wrappedRead as typeof fs.readSync;
   syncBuiltinESMExports();
   try {
-    return f(outside);
+    return await f(outside);
   } finally {
     fs.readvSync = readvSync;
     fs.readSync = readSync;
@@ -364,7 +364,11 @@ function caseRng(seed: number, n: number): Rng {
   return new Rng((seed ^ Math.imul(n + 1, 0x9e3779b1)) >>> 0);
 }
 
-export function runQcow2Fuzz(o: FuzzOptions): FuzzReport {
+/**
+ * Runs the cases. Async only to yield to the event loop now and then: a long
+ * run would otherwise starve vitest's worker RPC.
+ */
+export async function runQcow2Fuzz(o: FuzzOptions): Promise<FuzzReport> {
   const report: FuzzReport = {
     seed: o.seed,
     images: 0,
@@ -388,8 +392,9 @@ export function runQcow2Fuzz(o: FuzzOptions): FuzzReport {
     const cs = mutated.clusterSize;
     return Math.ceil(file.size / cs) * cs;
   };
-  watchReads((outside) => {
+  await watchReads(async (outside) => {
     for (let n = 0; n < total; n++) {
+      if (n % 256 === 255) await new Promise((resolve) => setImmediate(resolve));
       if (o.only !== undefined && n !== o.only) continue;
       const write = n >= o.readCases;
       const rng = caseRng(o.seed, n);

@@ -24,11 +24,11 @@ describe("qcow2: corrupt images", () => {
 
   it(
     `${readCases} mutated images read, ${writeCases} written: only DiskImageErrors, no read past the end of a file, free clusters untouched, bounded time and memory`,
-    () => {
+    async () => {
       console.log(
         `[qcow2 fuzz] seed=${seed} scale=${scale} (replay with TSKVM_FUZZ_SEED=${seed} TSKVM_FUZZ_SCALE=${scale}, one case with TSKVM_FUZZ_CASE=<n>)`,
       );
-      const r = runQcow2Fuzz({ dir, bases: makeBases(dir), seed, readCases, writeCases, only });
+      const r = await runQcow2Fuzz({ dir, bases: makeBases(dir), seed, readCases, writeCases, only });
       console.log(`[qcow2 fuzz] outcomes: ${JSON.stringify(r.outcomes)}`);
       console.log(
         `[qcow2 fuzz] ${r.images} images in ${(r.ms / 1000).toFixed(1)} s; by outcome ${JSON.stringify(r.byCode)}; crashes ${r.crashes.length}; reads past the end ${r.outsideReads.length}; slowest case ${r.slowestMs} ms; peak RSS ${r.peakRssMiB} MiB`,
