@@ -152,5 +152,13 @@ describe(`tskvm run with disks (${target.kind})`, () => {
     expect(r.lockedRo.stderr).toMatch(/held\.img.*lock/i);
     expect(r.corrupt.stderr).toMatch(/corrupt\.qcow2.*qcow2/i);
     expect(r.dir.stderr).toMatch(/disk-scenarios/);
+    // Checked before anything else, the path named once, hints in -d flags.
+    expect(r.locked.stderr.split("held.img").length - 1, r.locked.stderr).toBe(1);
+    expect(r.missing.stderr.split("nope.img").length - 1, r.missing.stderr).toBe(1);
+    // A writer holds held.img: ,ro and ,snapshot would be refused too, so nothing suggests them.
+    for (const k of ["locked", "lockedRo"]) {
+      expect(r[k].stderr).toMatch(/stop it first/);
+      expect(r[k].stderr).not.toMatch(/\{|snapshot: true|overwrite|add ,ro|add ,snapshot/);
+    }
   });
 });

@@ -4,7 +4,13 @@
 // the worker owns the disk, the virtio-pci transport and the queues.
 
 import { accessSync, constants as fsc, realpathSync, statSync } from "node:fs";
-import { type DiskImage, DiskImageError, isDiskImageError, openDiskImage } from "@tskvm/disk-image";
+import {
+  type DiskImage,
+  DiskImageError,
+  isDiskImageError,
+  openDiskImage,
+  probeFormat,
+} from "@tskvm/disk-image";
 import { DeviceChannel, EventFd, type Vm } from "@tskvm/kvm-core";
 import type { MachineDeviceContext, MachinePciDevice, MachinePciDeviceFactory } from "@tskvm/machine-x86";
 import { BLK_PCI_HANDLER_MODULE, ChannelPciFunction, startBlkWorker } from "@tskvm/virtio-blk";
@@ -70,6 +76,14 @@ function diskError(disk: DiskSpec, code: string, message: string, hint?: string)
   return new DiskImageError(code, message, { path: disk.path, hint });
 }
 
+function probedFormat(path: string): string | undefined {
+  try {
+    return probeFormat(path);
+  } catch {
+    return undefined;
+  }
+}
+
 /** Whether only readers hold the image: a read-only open of it works (writers lock those out). */
 function onlyReadersHold(disk: DiskSpec): boolean {
   try {
@@ -124,12 +138,15 @@ function explain(disk: DiskSpec, e: DiskImageError, otherDisks: number): DiskIma
           : "fix the file's mode or owner, or run tskvm as a user who may read it.",
       );
     default: {
+      // Name the format a header problem is about (the reason alone may not say).
+      const format = other ? undefined : (disk.format ?? probedFormat(disk.path));
+      const about = format === "qcow2" && !/qcow2/i.test(message) ? "cannot use it as a qcow2 image: " : "";
       let hint = flagHint(e.hint);
       if (disk.format === "qcow2" && !other && /no qcow2 magic/.test(message))
         hint = "the file is not a qcow2 image: give format=raw if it is a raw disk image.";
       if (disk.direct && e.code === "UNSUPPORTED" && /direct/i.test(message))
         hint = "drop ,direct (O_DIRECT is for raw images on filesystems that support it).";
-      return diskError(disk, e.code, `${where}${message}`, hint);
+      return diskError(disk, e.code, `${where}${about}${message}`, hint);
     }
   }
 }

@@ -168,6 +168,18 @@ describe("checkDisks: every -d checked before anything looks at KVM", () => {
     expect(checkDisks([parseDiskSpec(qc)])).toEqual([]);
   });
 
+  it("a broken qcow2 header: the reason, said to be about qcow2, the path once", () => {
+    const p = join(dir, "broken.qcow2");
+    const junk = Buffer.alloc(4096);
+    Buffer.from("QFI\xfb", "latin1").copy(junk, 0);
+    junk.writeUInt32BE(3, 4);
+    junk.writeUInt32BE(200, 20); // cluster_bits
+    writeFileSync(p, junk);
+    const e = fails([p]);
+    expect(e.message).toMatch(/broken\.qcow2: cannot use it as a qcow2 image: cluster size/);
+    plain(e, p);
+  });
+
   it("format problems keep disk-image's reason, with hints in -d flags", () => {
     const p = raw();
     const e = fails([`${p},format=qcow2`]);
