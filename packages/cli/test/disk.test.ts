@@ -2,9 +2,12 @@ import { spawnSync } from "node:child_process";
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { createQcow2, type DiskImage, DiskImageError, openDiskImage } from "@tskvm/disk-image";
 import { afterAll, describe, expect, it } from "vitest";
 import { checkDisks, main, parseDiskSpec, UsageError } from "../src/index.js";
+
+const cli = fileURLToPath(new URL("../dist/main.js", import.meta.url));
 
 describe("--disk specs", () => {
   it("parses kvmtool's PATH[,ro] and tskvm's options", () => {
@@ -196,13 +199,28 @@ describe("checkDisks: every -d checked before anything looks at KVM", () => {
     expect(checkDisks([parseDiskSpec(`${snap},snapshot`)])).toEqual([]);
   });
 
-  it.skipIf(process.getuid?.() === 0)("no permission to write: ,ro or ,snapshot", () => {
+  it("no permission to write: ,ro or ,snapshot (as an unprivileged user)", () => {
     const p = raw();
     chmodSync(p, 0o444);
-    const e = fails([p]);
-    expect(e.hint).toMatch(/,ro .*,snapshot/);
-    plain(e, p);
-    expect(checkDisks([parseDiskSpec(`${p},ro`)])).toEqual([]);
+    chmodSync(dir, 0o755);
+    // Root may write any file: run the CLI as nobody then, so the check meets a real EACCES.
+    const asNobody = process.getuid?.() === 0 ? { uid: 65534, gid: 65534 } : {};
+    const run = (spec: string) =>
+      spawnSync(process.execPath, [cli, "run", "-k", "/nonexistent-kernel", "-d", spec], {
+        encoding: "utf8",
+        timeout: 60_000,
+        ...asNobody,
+      });
+    const refused = run(p);
+    expect(refused.status, refused.stderr).toBe(1);
+    expect(refused.stderr).toContain(`${p}: no permission to write the disk image`);
+    expect(refused.stderr).toMatch(/hint: add ,ro .*,snapshot/);
+    expect(refused.stderr.split(p).length - 1, refused.stderr).toBe(1);
+    // With ,ro the disk passes its check and the run goes on to the (missing) kernel.
+    const ro = run(`${p},ro`);
+    expect(ro.status, ro.stderr).toBe(1);
+    expect(ro.stderr).not.toContain("permission");
+    expect(ro.stderr).toMatch(/kernel/);
   });
 
   it("leaves every image closed: the VM can open them afterwards", () => {
