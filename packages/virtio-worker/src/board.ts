@@ -1,4 +1,4 @@
-// The latest routing state the blk I/O worker reports to the main thread —
+// The latest routing state a device worker reports to the main thread —
 // per MSI-X vector its message (or none), per BAR its address, per queue its
 // live doorbell — kept in a SharedArrayBuffer rather than sent change by
 // change. The worker overwrites a slot and posts one "changed" message only

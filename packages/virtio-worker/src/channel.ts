@@ -23,7 +23,7 @@ function forward(
 }
 
 /**
- * A PCI function whose registers live in another thread (the blk I/O worker
+ * A PCI function whose registers live in another thread (the device worker
  * that owns the virtio-pci transport): every config-space and BAR access is
  * forwarded through a {@link DeviceChannel} and blocks until served. What a
  * vCPU worker's BAR handler uses; also a `PciFunction` for the virtio driver

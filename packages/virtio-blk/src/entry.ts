@@ -1,0 +1,58 @@
+// virtio-blk's device module for @tskvm/virtio-worker: the worker opens the
+// image (it is the only place that does: the image lock lives there), builds
+// the device over it and serves the request queue in batches.
+import { openDiskImage } from "@tskvm/disk-image";
+import { defineDeviceModule } from "@tskvm/virtio-worker";
+import { type BlkConfiguration, type BlkDeviceOptions, type BlkDiskInfo, diskInfo } from "./config.js";
+import { type BlkDeviceStats, VirtioBlkDevice } from "./device.js";
+
+/** How the worker opens the disk. */
+export interface BlkImageSpec {
+  path: string;
+  readOnly?: boolean;
+  /** Skip probing. Pass "raw" for a raw image a guest may write (see disk-image's README). */
+  format?: "raw" | "qcow2";
+  /** O_DIRECT (raw only). */
+  direct?: boolean;
+  /** Take the image lock (default true). */
+  lock?: boolean;
+  /** Writes go to a throwaway overlay. */
+  snapshot?: boolean;
+}
+
+/** What the blk module is built from (structured-cloned into the worker). */
+export interface BlkModuleData {
+  image: BlkImageSpec;
+  device?: BlkDeviceOptions;
+}
+
+/** What the worker reports once the disk is open. */
+export interface BlkModuleInfo {
+  disk: BlkDiskInfo;
+  configuration: BlkConfiguration;
+}
+
+export default defineDeviceModule<BlkModuleData, BlkModuleInfo, BlkDeviceStats>({
+  create({ image: s, device: options }) {
+    const image = openDiskImage(s.path, {
+      ...(s.format !== undefined ? { format: s.format } : {}),
+      readOnly: s.readOnly ?? false,
+      direct: s.direct ?? false,
+      lock: s.lock ?? true,
+      snapshot: s.snapshot ?? false,
+    });
+    const device = new VirtioBlkDevice({ image, ...options });
+    return {
+      device,
+      serveQueue: (index, budget) =>
+        device.processQueue(index, budget.requests, budget.shouldStop, budget.bytes),
+      pendingRequests: (index) => device.pendingRequests(index),
+      get served() {
+        return device.served;
+      },
+      info: () => ({ disk: diskInfo(image), configuration: device.configuration }),
+      stats: () => device.stats,
+      close: () => image.close(),
+    };
+  },
+});

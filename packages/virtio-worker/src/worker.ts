@@ -1,0 +1,517 @@
+// A device worker: serves one device (its own worker) or several (a shared
+// worker for slow devices). Per device it owns the device built by the
+// device's entry module, its queues and — for transport "pci" / "mmio" — the
+// whole virtio transport. It blocks in poll(2) on every device's queue notify
+// eventfds (KVM ioeventfds), control eventfd and DeviceChannel doorbell;
+// serves each notified queue within a budget straight in guest RAM; raises
+// irqfds. The main thread's event loop is never on that path.
+import { readFileSync, writeSync } from "node:fs";
+import { type MessagePort, receiveMessageOnPort, workerData } from "node:worker_threads";
+import {
+  DeviceChannel,
+  EventFd,
+  GuestMemory,
+  type GuestMemoryDescriptor,
+  pollReadable,
+} from "@tskvm/kvm-core";
+import {
+  type ActivateContext,
+  type ActiveQueue,
+  DeviceStatus,
+  type GuestMemoryAccess,
+  INTERRUPT_QUEUE,
+  type IntxLine,
+  NO_VECTOR,
+  PlainGuestMemory,
+  type PlainGuestMemoryDescriptor,
+  Queue,
+  type QueueNotifyRegion,
+  type QueueState,
+  VirtioMmioTransport,
+  VirtioPciTransport,
+} from "@tskvm/virtio";
+import { StateBoard } from "./board.js";
+import { MMIO_SPACE, PCI_CONFIG_SPACE } from "./channel.js";
+import type { DeviceModule, ServedDevice } from "./module.js";
+import {
+  Ctl,
+  type DeviceSlotData,
+  type DeviceWorkerData,
+  type DeviceWorkerExit,
+  type WorkerCommand,
+  type WorkerEvent,
+  type WorkerReply,
+} from "./protocol.js";
+
+const data = workerData as DeviceWorkerData;
+
+function describeError(e: unknown): { message: string; code?: string } {
+  if (e instanceof Error) {
+    const code = (e as { code?: unknown }).code;
+    return typeof code === "string" ? { message: e.message, code } : { message: e.message };
+  }
+  return { message: String(e) };
+}
+
+/** This thread's CPU time in ms (Linux schedstat: time on a CPU, not time waiting for one), if known. */
+function threadCpuMs(): number | undefined {
+  try {
+    const ns = Number(readFileSync("/proc/thread-self/schedstat", "utf8").split(" ")[0]);
+    return Number.isFinite(ns) ? ns / 1e6 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The device's counters, with this thread's CPU time when they are an object. */
+function withCpu(stats: unknown): unknown {
+  const cpuMs = threadCpuMs();
+  return cpuMs === undefined || typeof stats !== "object" || stats === null ? stats : { ...stats, cpuMs };
+}
+
+function openMemory(d: GuestMemoryDescriptor | PlainGuestMemoryDescriptor): GuestMemoryAccess {
+  return "windowSize" in d ? PlainGuestMemory.fromDescriptor(d) : GuestMemory.fromDescriptor(d);
+}
+
+/** " (at file:line)" from the error's first stack frame, if any. */
+function where(e: Error): string {
+  const frame = e.stack?.split("\n")[1]?.trim();
+  return frame?.startsWith("at ") ? ` (${frame})` : "";
+}
+
+/** poll(2), with a signal (EINTR: a profiler, a kick meant for another thread) counting as "nothing yet". */
+function poll(fds: readonly number[], timeoutMs: number): boolean[] {
+  try {
+    return pollReadable(fds, timeoutMs);
+  } catch (e) {
+    if ((e as { code?: unknown }).code === "EINTR") return fds.map(() => false);
+    throw e;
+  }
+}
+
+/** One device served by this worker. */
+class Slot {
+  readonly data: DeviceSlotData;
+  readonly served: ServedDevice;
+  readonly #ctl: Int32Array;
+  readonly #port: MessagePort;
+  readonly #events: MessagePort;
+  readonly #control: EventFd;
+  readonly #notify: EventFd[];
+  readonly #irqfds: EventFd[];
+  readonly #intx: EventFd | undefined;
+  readonly #resample: EventFd | undefined;
+  readonly #channel: DeviceChannel | undefined;
+  readonly #memory: GuestMemoryAccess;
+  readonly #pci: VirtioPciTransport | undefined;
+  readonly #mmio: VirtioMmioTransport | undefined;
+  /** Queues to serve without waiting for a notification (left over from a round, or notified by a trapped doorbell write). */
+  readonly pending: boolean[];
+  /** Per queue: when a throttled queue is due again (performance.now() ms), or 0. */
+  readonly #retryAt: number[];
+  /** This slot's fds, in poll order: control, channel?, resample?, notify per queue. */
+  readonly fds: number[];
+  #remoteQueues: ActiveQueue[] = [];
+  #remoteBroken = false;
+  #guardReported = false;
+  lastWork = Number.NEGATIVE_INFINITY;
+
+  constructor(d: DeviceSlotData, served: ServedDevice, memory: GuestMemoryAccess) {
+    this.data = d;
+    this.served = served;
+    this.#memory = memory;
+    this.#ctl = new Int32Array(d.control.shared);
+    this.#port = d.control.port;
+    this.#events = d.events;
+    this.#control = EventFd.fromFd(d.control.fd, true);
+    this.#notify = d.notifyFds.map((fd) => EventFd.fromFd(fd, true));
+    this.pending = this.#notify.map(() => false);
+    this.#retryAt = this.#notify.map(() => 0);
+    this.#irqfds = d.irqfds.map((fd) => EventFd.fromFd(fd, true));
+    this.#intx = d.intxFd !== undefined ? EventFd.fromFd(d.intxFd, true) : undefined;
+    this.#resample = d.resampleFd !== undefined ? EventFd.fromFd(d.resampleFd, true) : undefined;
+    this.#channel = d.channel ? DeviceChannel.fromDescriptor(d.channel) : undefined;
+    const device = served.device;
+    // A doorbell write that trapped (no ioeventfd yet) reaches the device through the channel: mark
+    // the queue and let the loop serve it within its budgets, not inline with the register access.
+    device.queueNotify = (index) => {
+      if (index >= 0 && index < this.pending.length) this.pending[index] = true;
+    };
+    // Routing changes go through the board: the latest state per vector / BAR / doorbell, one message.
+    const board = new StateBoard(d.board);
+    const tell = (changed: boolean): void => {
+      if (changed) this.post({ type: "changed" });
+    };
+    const hooks = {
+      queueNotifyEnabled: (region: QueueNotifyRegion) => tell(board.setDoorbell(region.queue, region)),
+      queueNotifyDisabled: (region: QueueNotifyRegion) => tell(board.setDoorbell(region.queue, undefined)),
+    };
+    const intx = this.#intx;
+    const line: IntxLine = {
+      // An irqfd with a resample eventfd is level-triggered: KVM drops the line at EOI and
+      // signals the resample fd, where the transport raises it again if the ISR is still set.
+      raise: () => intx?.write(1),
+      lower: () => {},
+    };
+    if (d.transport === "pci") {
+      const irqfds = this.#irqfds;
+      this.#pci = new VirtioPciTransport({
+        device,
+        memory,
+        msix: { signalVector: (v) => irqfds[v]?.write(1) },
+        intx: line,
+        hooks: {
+          ...hooks,
+          msixVectorChanged: (vector, message) => tell(board.setMsix(vector, message)),
+          barChanged: (index, address) => tell(board.setBar(index, address)),
+        },
+        ...d.pci,
+        msixVectors: d.pci?.msixVectors ?? irqfds.length,
+      });
+    } else if (d.transport === "mmio") {
+      this.#mmio = new VirtioMmioTransport({ device, memory, base: d.mmioBase ?? 0, irq: line, hooks });
+    }
+    this.fds = [this.#control.fd];
+    if (this.#channel) this.fds.push(this.#channel.doorbell.fd);
+    if (this.#resample) this.fds.push(this.#resample.fd);
+    for (const n of this.#notify) this.fds.push(n.fd);
+  }
+
+  post(e: WorkerEvent): void {
+    this.#events.postMessage(e);
+  }
+
+  get #core() {
+    return this.#pci?.core ?? this.#mmio?.core;
+  }
+
+  get stopping(): boolean {
+    return Atomics.load(this.#ctl, Ctl.STOP) !== 0;
+  }
+
+  readonly #stopRequested = (): boolean =>
+    Atomics.load(this.#ctl, Ctl.STOP) !== 0 ||
+    Atomics.load(this.#ctl, Ctl.COMMAND) !== Atomics.load(this.#ctl, Ctl.ACK);
+
+  ready(): void {
+    const pci = this.#pci;
+    let fn = {};
+    if (pci) {
+      const config = new Uint8Array(256);
+      pci.readConfig(0, config);
+      fn = { pci: { bars: pci.bars(), layout: pci.layout, config } };
+    }
+    const info = this.served.info();
+    this.post({ type: "ready", ready: { ...(typeof info === "object" ? info : {}), ...fn } });
+  }
+
+  /** Poll timeout this slot allows: 0 with work pending or spinning, until the next throttled queue, or `idle`. */
+  timeout(idle: number, spinMs: number, now: number): number {
+    if (this.pending.some((p) => p)) return 0;
+    if (spinMs > 0 && now - this.lastWork < spinMs) return 0;
+    let t = idle;
+    for (const at of this.#retryAt) if (at > 0) t = Math.min(t, Math.max(0, Math.ceil(at - now)));
+    return t;
+  }
+
+  /** One round after poll: `readable` is this slot's part of poll's answer; `timedOut` the whole poll found nothing. */
+  round(readable: readonly boolean[], timedOut: boolean, spinMs: number): void {
+    let at = 0;
+    if (readable[at++]) {
+      this.#control.read();
+      this.#serveCommands();
+    }
+    if (this.#channel && readable[at++]) this.#serveChannel(this.#channel);
+    if (this.#resample && readable[at++]) {
+      this.#resample.read();
+      this.#guard(() => {
+        this.#pci?.resampleIntx();
+        this.#mmio?.resampleIrq();
+      });
+    }
+    const now = performance.now();
+    const spinning = spinMs > 0 && now - this.lastWork < spinMs;
+    for (let i = 0; i < this.#notify.length; i++) {
+      // A poll that timed out: look at every queue anyway (a safety net for a lost notification).
+      if (timedOut || (spinning && (this.served.pendingRequests?.(i) ?? 0) > 0)) this.pending[i] = true;
+      if (readable[at + i]) {
+        this.#notify[i]!.read();
+        this.pending[i] = true;
+      }
+      if (this.#retryAt[i]! > 0 && now >= this.#retryAt[i]!) {
+        this.#retryAt[i] = 0;
+        this.pending[i] = true;
+      }
+    }
+    for (let i = 0; i < this.#notify.length; i++) {
+      if (!this.pending[i]) continue;
+      this.pending[i] = false;
+      if (this.#broken() || !this.#activeQueues().some((q) => q.index === i)) continue;
+      // A throttled queue waits for its time even when notified again.
+      if (this.#retryAt[i]! > 0) continue;
+      const before = this.served.served;
+      this.#guard(() => {
+        const left = this.served.serveQueue(i, {
+          requests: this.data.budget,
+          bytes: this.data.byteBudget,
+          shouldStop: this.#stopRequested,
+        });
+        if (left === true) this.pending[i] = true;
+        else if (typeof left === "number" && left > 0) this.#retryAt[i] = performance.now() + left;
+      });
+      const n = this.served.served - before;
+      if (n > 0) {
+        Atomics.add(this.#ctl, Ctl.COMPLETED, n);
+        this.lastWork = performance.now();
+      }
+    }
+  }
+
+  #broken(): boolean {
+    const core = this.#core;
+    if (core) return (core.status & (DeviceStatus.DEVICE_NEEDS_RESET | DeviceStatus.FAILED)) !== 0;
+    return this.#remoteBroken;
+  }
+
+  #activeQueues(): readonly ActiveQueue[] {
+    return this.#core?.activeQueues ?? this.#remoteQueues;
+  }
+
+  #queueStates(): { index: number; state: QueueState }[] {
+    return this.#activeQueues().map((q) => ({ index: q.index, state: q.queue.state() }));
+  }
+
+  // ---- transport "none": queues handed over by the main thread's device ----
+
+  #activateRemote(cmd: Extract<WorkerCommand, { type: "activate" }>): void {
+    const isr = new Int32Array(cmd.interruptStatus);
+    const queues = cmd.queues.map((q) => ({
+      index: q.index,
+      vector: q.vector,
+      queue: Queue.fromState(q.state, this.#memory),
+    }));
+    const ctx: ActivateContext = {
+      memory: this.#memory,
+      driverFeatures: cmd.driverFeatures,
+      queues,
+      interruptStatus: isr,
+      interrupt: {
+        signalQueue: (index) => {
+          const q = queues.find((a) => a.index === index);
+          if (!q) return;
+          if (q.vector !== NO_VECTOR) this.#irqfds[q.vector]?.write(1);
+          else {
+            Atomics.or(isr, 0, INTERRUPT_QUEUE);
+            this.#intx?.write(1);
+          }
+        },
+        signalConfig: () => this.post({ type: "config-interrupt" }),
+      },
+      needsReset: (reason) => {
+        this.#remoteBroken = true;
+        this.post({ type: "needs-reset", reason: reason.message });
+      },
+    };
+    this.#remoteBroken = false;
+    this.served.device.activate(ctx);
+    this.#remoteQueues = queues;
+  }
+
+  #runCommand(cmd: WorkerCommand): WorkerReply {
+    try {
+      switch (cmd.type) {
+        case "activate":
+          if (this.#core)
+            throw new Error("the transport lives in this worker: activation comes from the driver");
+          this.#activateRemote(cmd);
+          return { seq: cmd.seq, ok: true };
+        case "reset": {
+          const states = this.#queueStates();
+          this.served.device.reset();
+          this.#remoteQueues = [];
+          this.pending.fill(false);
+          this.#retryAt.fill(0);
+          return { seq: cmd.seq, ok: true, states };
+        }
+        case "stats":
+          return { seq: cmd.seq, ok: true, stats: withCpu(this.served.stats()) };
+      }
+    } catch (e) {
+      return { seq: cmd.seq, ok: false, error: describeError(e).message };
+    }
+  }
+
+  #serveCommands(): void {
+    for (;;) {
+      const m = receiveMessageOnPort(this.#port);
+      if (!m) return;
+      const cmd = m.message as WorkerCommand;
+      this.#port.postMessage(this.#runCommand(cmd));
+      Atomics.store(this.#ctl, Ctl.ACK, cmd.seq);
+      Atomics.notify(this.#ctl, Ctl.ACK);
+    }
+  }
+
+  #serveChannel(ch: DeviceChannel): void {
+    const pci = this.#pci;
+    const mmio = this.#mmio;
+    while (
+      ch.serve((a) => {
+        // The access is always answered: an exception here would fail the vCPU's access (and
+        // with it the VMM), so it breaks the device instead and the read returns zeros.
+        this.#guard(
+          () => {
+            if (pci) {
+              if (a.space === PCI_CONFIG_SPACE) {
+                if (a.write) pci.writeConfig(a.offset, a.data);
+                else pci.readConfig(a.offset, a.data);
+              } else if (a.write) pci.writeBar(a.space, a.offset, a.data);
+              else pci.readBar(a.space, a.offset, a.data);
+            } else if (mmio && a.space === MMIO_SPACE) {
+              if (a.write) mmio.write(a.offset, a.data);
+              else mmio.read(a.offset, a.data);
+            } else throw new Error(`no register space ${a.space}`);
+          },
+          () => (a.write ? undefined : a.data.fill(0)),
+        );
+      })
+    );
+  }
+
+  // ---- the last-resort guard ----
+  // Nothing the guest does may end this worker (and with it the VM): an exception out of the
+  // device or its transport marks the device DEVICE_NEEDS_RESET — the driver sees a broken device
+  // and may reset it, as Firecracker's "device broken" — and is said on stderr once. Devices
+  // already turn what they meet into NEEDS_RESET; this is the backstop.
+  #deviceFailed(e: unknown): void {
+    const error = e instanceof Error ? e : new Error(String(e));
+    if (!this.#guardReported) {
+      this.#guardReported = true;
+      try {
+        writeSync(
+          2,
+          `tskvm: ${this.data.name}: device error, marked DEVICE_NEEDS_RESET (the VM goes on; later ones are not reported): ${error.name}: ${error.message}${where(error)}\n`,
+        );
+      } catch {
+        // no stderr
+      }
+    }
+    try {
+      const core = this.#core;
+      if (core) core.needsReset(error);
+      else if (!this.#remoteBroken) {
+        this.#remoteBroken = true;
+        this.post({ type: "needs-reset", reason: error.message });
+      }
+    } catch {
+      // marking it broken failed too: the loop still goes on
+    }
+  }
+
+  #guard(work: () => void, onError?: () => void): void {
+    try {
+      work();
+    } catch (e) {
+      this.#deviceFailed(e);
+      onError?.();
+    }
+  }
+
+  /** Stops serving: reports the final queue states and counters, closes the device (flushing it). */
+  finish(failure?: { message: string; code?: string }): void {
+    const queues = this.#queueStates();
+    let error = failure;
+    try {
+      this.served.close();
+    } catch (e) {
+      error ??= describeError(e);
+    }
+    // Counted after the close: what it flushed is in them.
+    const exit: DeviceWorkerExit<unknown> = { queues, stats: withCpu(this.served.stats()) };
+    if (error) exit.error = error;
+    this.post({ type: "exit", exit });
+    this.#port.close();
+    this.#events.close();
+    this.#control.close();
+    this.#channel?.close();
+  }
+}
+
+/** Builds a slot's device; on failure reports it (error, then exit) and returns undefined. */
+async function open(d: DeviceSlotData): Promise<Slot | undefined> {
+  try {
+    const memory = openMemory(d.memory);
+    const module = ((await import(d.module)) as { default: DeviceModule }).default;
+    if (typeof module?.create !== "function")
+      throw new Error(`${d.module}: the default export is not a device module (no create())`);
+    const served = await module.create(d.device, { memory, name: d.name });
+    const slot = new Slot(d, served, memory);
+    slot.ready();
+    return slot;
+  } catch (e) {
+    const error = describeError(e);
+    d.events.postMessage({ type: "error", ...error } satisfies WorkerEvent);
+    d.events.postMessage({
+      type: "exit",
+      exit: { queues: [], stats: undefined, error },
+    } satisfies WorkerEvent);
+    d.events.close();
+    d.control.port.close();
+    return undefined;
+  }
+}
+
+async function main(): Promise<void> {
+  const slots: Slot[] = [];
+  for (const d of data.devices) {
+    const s = await open(d);
+    if (s) slots.push(s);
+  }
+  const inbox = data.inbox ? { port: data.inbox.port, efd: EventFd.fromFd(data.inbox.fd, true) } : undefined;
+  const spinMs = data.spinUs / 1000;
+  let closing = false;
+  for (;;) {
+    // A shared worker lives until its owner closes it; a worker of its own, until its device stops.
+    if (inbox ? closing && slots.length === 0 : slots.length === 0) break;
+    const fds: number[] = inbox ? [inbox.efd.fd] : [];
+    for (const s of slots) fds.push(...s.fds);
+    const now = performance.now();
+    let timeout = data.pollTimeoutMs;
+    for (const s of slots) timeout = Math.min(timeout, s.timeout(data.pollTimeoutMs, spinMs, now));
+    const readable = poll(fds, timeout);
+    const timedOut = timeout === data.pollTimeoutMs && !readable.some((r) => r);
+    let at = 0;
+    if (inbox && readable[at++]) {
+      inbox.efd.read();
+      for (let m = receiveMessageOnPort(inbox.port); m; m = receiveMessageOnPort(inbox.port)) {
+        const msg = m.message as { type: "add"; device: DeviceSlotData } | { type: "close" };
+        if (msg.type === "close") closing = true;
+        else {
+          const s = await open(msg.device);
+          if (s) slots.push(s);
+        }
+      }
+    }
+    for (const s of [...slots]) {
+      const part = readable.slice(at, at + s.fds.length);
+      at += s.fds.length;
+      if (s.stopping) {
+        s.finish();
+        slots.splice(slots.indexOf(s), 1);
+        continue;
+      }
+      try {
+        s.round(part, timedOut, spinMs);
+      } catch (e) {
+        // Outside the guard (the runtime's own failure): this device ends, the others go on.
+        const failure = describeError(e);
+        s.post({ type: "error", ...failure });
+        s.finish(failure);
+        slots.splice(slots.indexOf(s), 1);
+      }
+    }
+  }
+  inbox?.port.close();
+}
+
+await main();

@@ -1,0 +1,167 @@
+// The runtime with a test device (fixtures/fill-device.mjs) and no KVM: guest
+// RAM from GuestRegion.allocate, register accesses over a DeviceChannel, the
+// queue notify eventfd written by the driver as KVM would on an ioeventfd.
+import { Worker } from "node:worker_threads";
+import { DeviceChannel, GuestMemory, GuestRegion } from "@tskvm/kvm-core";
+import { DeviceStatus, PciDriverTransport, VirtioDriverSimulator } from "@tskvm/virtio";
+import { afterAll, describe, expect, it } from "vitest";
+import { ChannelPciFunction, type DeviceWorkerHandle, startDeviceWorker } from "../dist/index.js";
+
+const FILL_DEVICE = new URL("./fixtures/fill-device.mjs", import.meta.url).href;
+const DRIVER = new URL("./fixtures/driver.mjs", import.meta.url);
+
+interface FillData {
+  byte: number;
+  spinMs?: number;
+  throwOnServe?: boolean;
+  retryMs?: number;
+}
+interface FillStats {
+  served: number;
+  closed: boolean;
+}
+
+const region = GuestRegion.allocate(0, 64 << 20);
+const memory = new GuestMemory([region]);
+afterAll(() => region.release());
+
+function start(data: FillData, channel: DeviceChannel): DeviceWorkerHandle<{ byte: number }, FillStats> {
+  return startDeviceWorker<{ byte: number }, FillStats>({
+    module: FILL_DEVICE,
+    data,
+    name: "fill",
+    memory: memory.describe(),
+    transport: "pci",
+    channel: channel.describe(),
+  });
+}
+
+/** Starts the driver worker on heap `heap`; its result words are [done, completed, bad]. */
+function drive(
+  handle: DeviceWorkerHandle,
+  channel: DeviceChannel,
+  o: { count: number; depth: number; length: number; byte: number; heap: number },
+): { worker: Worker; result: Int32Array } {
+  const result = new Int32Array(new SharedArrayBuffer(12));
+  const worker = new Worker(DRIVER, {
+    workerData: {
+      ...o,
+      memory: memory.describe(),
+      channel: channel.describe(),
+      notifyFd: handle.notifyEventFds[0]!.fd,
+      result: result.buffer,
+    },
+  });
+  return { worker, result };
+}
+
+describe("a device in a worker of its own", () => {
+  it("serves a driver in another worker while the main thread is blocked in Atomics.wait", async () => {
+    const channel = DeviceChannel.create();
+    const handle = start({ byte: 0x5a }, channel);
+    expect((await handle.ready).byte).toBe(0x5a);
+    expect(handle.info.pci?.bars[0]?.size).toBeGreaterThan(0);
+    const { worker, result } = drive(handle, channel, {
+      count: 2000,
+      depth: 32,
+      length: 512,
+      byte: 0x5a,
+      heap: 1 << 20,
+    });
+    // The main thread's event loop does not run from here until the driver is done.
+    const waited = Atomics.wait(result, 0, 0, 30_000);
+    expect(waited).not.toBe("timed-out");
+    expect(Atomics.load(result, 1)).toBe(2000);
+    expect(Atomics.load(result, 2)).toBe(0);
+    expect(handle.completed).toBe(2000);
+    expect(handle.stats().served).toBe(2000);
+    const exit = await handle.stop();
+    expect(exit.error).toBeUndefined();
+    expect(exit.stats).toMatchObject({ served: 2000, closed: true });
+    expect(exit.queues[0]?.state).toBeDefined();
+    await worker.terminate();
+    channel.close();
+  });
+
+  it("stop() under load returns promptly: the chains taken are finished, the device closed", async () => {
+    const channel = DeviceChannel.create();
+    const handle = start({ byte: 1, spinMs: 1 }, channel);
+    await handle.ready;
+    const { worker, result } = drive(handle, channel, {
+      count: 100_000,
+      depth: 128,
+      length: 64,
+      byte: 1,
+      heap: 8 << 20,
+    });
+    while (handle.completed < 100) await new Promise((r) => setTimeout(r, 5));
+    const t0 = performance.now();
+    const exit = await handle.stop();
+    const ms = performance.now() - t0;
+    expect(ms).toBeLessThan(1000);
+    expect(exit.error).toBeUndefined();
+    expect(exit.stats?.closed).toBe(true);
+    expect(exit.stats?.served).toBe(handle.completed);
+    expect(Atomics.load(result, 1)).toBeLessThan(100_000);
+    await worker.terminate();
+    channel.close();
+  });
+
+  it("a device whose serveQueue throws is marked DEVICE_NEEDS_RESET; its worker goes on serving registers", async () => {
+    const channel = DeviceChannel.create();
+    const handle = start({ byte: 2, throwOnServe: true }, channel);
+    await handle.ready;
+    // The driver on the main thread: every register access is a synchronous channel call.
+    const transport = new PciDriverTransport(new ChannelPciFunction(channel));
+    transport.notify = () => handle.notifyEventFds[0]!.write(1);
+    const sim = new VirtioDriverSimulator({ transport, memory, heap: { address: 16 << 20, size: 1 << 20 } });
+    sim.init({ queueSize: 16 });
+    sim.queue(0).submit({ writable: [16] });
+    sim.queue(0).kick();
+    const deadline = Date.now() + 5000;
+    while ((sim.status & DeviceStatus.DEVICE_NEEDS_RESET) === 0 && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 5));
+    expect(sim.status & DeviceStatus.DEVICE_NEEDS_RESET).toBeTruthy();
+    // Still answering: a reset and a new init work.
+    sim.init({ queueSize: 16 });
+    expect(sim.status & DeviceStatus.DEVICE_NEEDS_RESET).toBe(0);
+    const exit = await handle.stop();
+    expect(exit.error).toBeUndefined();
+    channel.close();
+  });
+
+  it("a queue that asks to be called again after N ms is, from the loop's poll timeout (no timers)", async () => {
+    const channel = DeviceChannel.create();
+    const handle = start({ byte: 3, retryMs: 40 }, channel);
+    await handle.ready;
+    const transport = new PciDriverTransport(new ChannelPciFunction(channel));
+    transport.notify = () => handle.notifyEventFds[0]!.write(1);
+    const sim = new VirtioDriverSimulator({ transport, memory, heap: { address: 18 << 20, size: 1 << 20 } });
+    sim.init({ queueSize: 16 });
+    const q = sim.queue(0);
+    for (let i = 0; i < 4; i++) q.submit({ writable: [8] });
+    const t0 = performance.now();
+    q.kick();
+    const used = await q.waitUsed(4, 5000);
+    const ms = performance.now() - t0;
+    expect(used.every((u) => u.len === 8 && u.written.every((b) => b === 3))).toBe(true);
+    // One chain per call, three waits of 40 ms in between; well under the 500 ms idle timeout each.
+    expect(ms).toBeGreaterThanOrEqual(110);
+    expect(ms).toBeLessThan(1200);
+    await handle.stop();
+    channel.close();
+  });
+
+  it("a module that fails to build the device rejects ready with the error", async () => {
+    const handle = startDeviceWorker({
+      module: new URL("./fixtures/no-such-module.mjs", import.meta.url),
+      data: {},
+      memory: memory.describe(),
+      transport: "pci",
+    });
+    await expect(handle.ready).rejects.toThrow(/no-such-module/);
+    const exit = await handle.exited;
+    expect(exit.error?.message).toMatch(/no-such-module/);
+    expect(exit.stats).toBeUndefined();
+  });
+});
