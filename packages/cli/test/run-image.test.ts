@@ -70,6 +70,8 @@ describe("tskvm image", () => {
     expect(missing.stderr).toMatch(/ENOENT/);
     expect(tskvm("image", "create", join(dir, "c.qcow2")).status).toBe(2);
     expect(tskvm("image", "create", join(dir, "c.qcow2"), "-").status).toBe(2);
-    expect(tskvm("image", "create", join(dir, "a.qcow2"), "1G").status).toBe(1); // exists, no --force
+    const exists = tskvm("image", "create", join(dir, "a.qcow2"), "1G"); // exists, no --force
+    expect(exists.status).toBe(1);
+    expect(exists.stderr).toMatch(/the file exists\n {2}hint: .*--force/);
   });
 });

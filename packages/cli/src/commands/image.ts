@@ -89,6 +89,13 @@ Options:
         overwrite: values.force ?? false,
       });
     } catch (e) {
+      // The library's hint speaks of asking to overwrite; here that is a flag.
+      if (isDiskImageError(e, "EEXIST")) {
+        io.stderr(
+          `tskvm: ${path}: the file exists\n  hint: choose another name, or add --force to overwrite it.\n`,
+        );
+        return ExitCode.error;
+      }
       return failed(io, e);
     }
     const info = imageInfo(path, { backingChain: false });

@@ -198,7 +198,12 @@ export function writeQcow2(
     fd = openSync(path, flags, 0o644);
   } catch (e) {
     if (errnoCodeOf(e) === "EEXIST")
-      throw wrapSystemError(e, "create", path, "the file exists; choose another name, or ask to overwrite it.");
+      throw wrapSystemError(
+        e,
+        "create",
+        path,
+        "the file exists; choose another name, or ask to overwrite it.",
+      );
     throw wrapSystemError(e, "create", path);
   }
   let ok = false;
