@@ -115,8 +115,8 @@ export interface StartDeviceWorkerOptions<Data> {
   commandTimeoutMs?: number;
 }
 
-/** Where a handle's device runs: how its slot reaches a thread. */
-type Launch = (slot: DeviceSlotData, transfer: MessagePort[]) => Worker;
+/** Where a handle's device runs: how its slot reaches a thread, and what to do once the device ended. */
+type Launch = (slot: DeviceSlotData, transfer: MessagePort[]) => { worker: Worker; release(): void };
 
 /**
  * The main thread's handle on a device served by a worker. Wiring for a VMM:
@@ -253,7 +253,8 @@ export class DeviceWorkerHandle<Info = unknown, Stats = unknown> {
       }
     };
     this.#events.on("message", onEvent);
-    this.worker = launch(slot, [control.port2, events.port2]);
+    const launched = launch(slot, [control.port2, events.port2]);
+    this.worker = launched.worker;
     this.exited = new Promise((resolve) => {
       finish = (err?: Error): void => {
         if (this.#ended) return;
@@ -263,6 +264,7 @@ export class DeviceWorkerHandle<Info = unknown, Stats = unknown> {
         for (const e of this.#ownedFds) e.close();
         this.#port.close();
         this.#events.close();
+        launched.release();
         const exit: DeviceWorkerExit<Stats> = this.#exit ?? { queues: [], stats: undefined };
         const e = exit.error ?? lastError ?? (err ? { message: err.message } : undefined);
         if (e && !exit.error) exit.error = e;
@@ -472,7 +474,9 @@ function ownWorker(options: StartDeviceWorkerOptions<unknown>): Launch {
       pollTimeoutMs: options.pollTimeoutMs ?? 500,
       spinUs: options.spinUs ?? 0,
     };
-    return new Worker(WORKER_URL, { workerData: data, transferList: transfer, name: slot.name });
+    const worker = new Worker(WORKER_URL, { workerData: data, transferList: transfer, name: slot.name });
+    // The thread ends with its device.
+    return { worker, release: () => {} };
   };
 }
 

@@ -4,6 +4,7 @@ import type { MessagePort } from "node:worker_threads";
 import type { DeviceChannelDescriptor, GuestMemoryDescriptor } from "@tskvm/kvm-core";
 import type {
   PciBarInfo,
+  PciFunctionDescription,
   PlainGuestMemoryDescriptor,
   QueueState,
   VirtioPciLayout,
@@ -83,6 +84,8 @@ export const CONTROL_BYTES = 16;
 
 /** The virtio-pci function the worker built: what a PCI bus needs to place it, and a config-space snapshot. */
 export interface DevicePciReady {
+  /** What a PCI bus needs to place it: ids, class, interrupt pin, BARs with kinds, capability pointer. */
+  function: PciFunctionDescription;
   bars: PciBarInfo[];
   layout: VirtioPciLayout;
   config: Uint8Array;

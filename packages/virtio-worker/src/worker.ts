@@ -199,7 +199,7 @@ class Slot {
     if (pci) {
       const config = new Uint8Array(256);
       pci.readConfig(0, config);
-      fn = { pci: { bars: pci.bars(), layout: pci.layout, config } };
+      fn = { pci: { function: pci.describeFunction(), bars: pci.bars(), layout: pci.layout, config } };
     }
     const info = this.served.info();
     this.post({ type: "ready", ready: { ...(typeof info === "object" ? info : {}), ...fn } });

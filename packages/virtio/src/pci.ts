@@ -141,6 +141,27 @@ export interface PciBarInfo {
   address: number;
 }
 
+/**
+ * The PCI function a transport presents, as a PCI bus needs it to place the
+ * device: identity, interrupt pin, memory BARs with their kinds, and where the
+ * capability list starts (the transport serves config space from there up).
+ * Plain data: what a device worker's ready message carries to the machine.
+ */
+export interface PciFunctionDescription {
+  vendorId: number;
+  deviceId: number;
+  revision: number;
+  /** class << 16 | subclass << 8 | prog-if. */
+  classCode: number;
+  subsystemVendorId: number;
+  subsystemId: number;
+  /** INTA..INTD = 1..4, 0 for none. */
+  interruptPin: number;
+  bars: { index: number; size: number; kind: "mmio32" | "mmio64"; prefetchable: boolean }[];
+  /** Offset of the first capability (the header's capability pointer). */
+  capabilityPointer: number;
+}
+
 /** Where each virtio structure lives in BAR 0 (and the MSI-X BAR). */
 export interface VirtioPciLayout {
   common: { offset: number; length: number };
@@ -369,6 +390,27 @@ export class VirtioPciTransport {
 
   get command(): number {
     return this.#cfgView.getUint16(PciConfig.COMMAND, true);
+  }
+
+  /** The function as a PCI bus sees it (read from the configuration header this transport built). */
+  describeFunction(): PciFunctionDescription {
+    const cv = this.#cfgView;
+    return {
+      vendorId: cv.getUint16(PciConfig.VENDOR_ID, true),
+      deviceId: cv.getUint16(PciConfig.DEVICE_ID, true),
+      revision: cv.getUint8(PciConfig.REVISION_ID),
+      classCode: cv.getUint32(PciConfig.REVISION_ID, true) >>> 8,
+      subsystemVendorId: cv.getUint16(PciConfig.SUBSYSTEM_VENDOR_ID, true),
+      subsystemId: cv.getUint16(PciConfig.SUBSYSTEM_ID, true),
+      interruptPin: cv.getUint8(PciConfig.INTERRUPT_PIN),
+      bars: this.#bars.map((b) => ({
+        index: b.index,
+        size: b.size,
+        kind: b.is64 ? "mmio64" : "mmio32",
+        prefetchable: b.prefetchable,
+      })),
+      capabilityPointer: cv.getUint8(PciConfig.CAPABILITY_LIST),
+    };
   }
 
   /** The memory BARs, for a PCI bus to place them. */

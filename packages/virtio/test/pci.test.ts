@@ -13,6 +13,7 @@ import {
   PCI_COMMAND_MEMORY,
   PciConfig,
   parseVirtioPciCapabilities,
+  VIRTIO_PCI_VENDOR_ID,
   VirtioPciCapType,
   VirtioPciTransport,
 } from "../src/index.js";
@@ -91,6 +92,28 @@ describe("virtio-pci configuration header", () => {
     expect(driver.caps.msix?.pbaBar).toBe(2);
     expect(t.barAddress(2)).not.toBe(0);
     expect(() => pciRig({ msixBar: 1 })).toThrow(/not free/);
+  });
+
+  it("describes its PCI function as typed data that agrees with the header bytes", () => {
+    const { transport: t } = pciRig({ bar64: false, msixBar: 2, subsystemId: 0x1234 });
+    const f = t.describeFunction();
+    expect(f).toEqual({
+      vendorId: cfg(t, 0x00, 2),
+      deviceId: cfg(t, 0x02, 2),
+      revision: cfg(t, 0x08, 1),
+      classCode: cfg(t, 0x09, 1) | (cfg(t, 0x0a, 1) << 8) | (cfg(t, 0x0b, 1) << 16),
+      subsystemVendorId: cfg(t, 0x2c, 2),
+      subsystemId: 0x1234,
+      interruptPin: 1,
+      bars: t
+        .bars()
+        .map((b) => ({ index: b.index, size: b.size, kind: "mmio32", prefetchable: b.prefetchable })),
+      capabilityPointer: cfg(t, 0x34, 1),
+    });
+    expect(f.vendorId).toBe(VIRTIO_PCI_VENDOR_ID);
+    expect(pciRig({ bar64: true }).transport.describeFunction().bars[0]?.kind).toBe("mmio64");
+    // Structured-clone safe: what a worker's ready message carries.
+    expect(structuredClone(f)).toEqual(f);
   });
 
   it("reports BAR moves and places BARs for a firmware-less VMM", () => {
