@@ -113,6 +113,13 @@ export interface StartDeviceWorkerOptions<Data> {
   spinUs?: number;
   /** Timeout of synchronous commands (activate, reset, stats) in ms. Default 10000. */
   commandTimeoutMs?: number;
+  /**
+   * The thread that serves the device: a worker of its own (default; the
+   * right place for a device whose work is heavy, like a disk), or a
+   * {@link SharedDeviceWorker} shared with other slow devices (an rng, a
+   * console). `pollTimeoutMs` and `spinUs` are then the shared worker's.
+   */
+  thread?: SharedDeviceWorker;
 }
 
 /** Where a handle's device runs: how its slot reaches a thread, and what to do once the device ended. */
@@ -163,7 +170,7 @@ export class DeviceWorkerHandle<Info = unknown, Stats = unknown> {
 
   /** Starts the device; {@link startDeviceWorker} says the same. */
   constructor(options: StartDeviceWorkerOptions<unknown>) {
-    const launch = ownWorker(options);
+    const launch = options.thread ? options.thread.launch : ownWorker(options);
     this.#hooks = options.hooks ?? {};
     this.#timeout = options.commandTimeoutMs ?? 10_000;
     const module = String(options.module);
@@ -477,6 +484,86 @@ function ownWorker(options: StartDeviceWorkerOptions<unknown>): Launch {
     const worker = new Worker(WORKER_URL, { workerData: data, transferList: transfer, name: slot.name });
     // The thread ends with its device.
     return { worker, release: () => {} };
+  };
+}
+
+export interface SharedDeviceWorkerOptions {
+  /** The thread's name (default "tskvm-devices"). */
+  name?: string;
+  /** Idle poll timeout (ms). Default 500. */
+  pollTimeoutMs?: number;
+}
+
+/**
+ * One worker thread serving several devices (kvmtool's one device thread):
+ * for devices whose work is light and rare — an rng, a console — where a
+ * thread each would be waste. Pass it as `thread` to
+ * {@link startDeviceWorker} / `workerPciDevice`. The thread starts with its
+ * first device and ends once its last device has stopped (a device started
+ * after that gets a new thread). Each device keeps its own fds, transport,
+ * budgets and guard: one device's failure marks only that device.
+ */
+export class SharedDeviceWorker {
+  readonly name: string;
+  readonly #pollTimeoutMs: number;
+  #thread: { worker: Worker; inbox: MessagePort; wake: EventFd; devices: number } | undefined;
+
+  constructor(options: SharedDeviceWorkerOptions = {}) {
+    this.name = options.name ?? "tskvm-devices";
+    this.#pollTimeoutMs = options.pollTimeoutMs ?? 500;
+  }
+
+  /** The running thread, if any device is on it. */
+  get worker(): Worker | undefined {
+    return this.#thread?.worker;
+  }
+
+  /** Devices on the thread now. */
+  get devices(): number {
+    return this.#thread?.devices ?? 0;
+  }
+
+  /** Adds a device to the thread (starting it if needed); used by {@link DeviceWorkerHandle}. */
+  readonly launch: Launch = (slot, transfer) => {
+    let t = this.#thread;
+    if (!t) {
+      const wake = EventFd.create({ nonBlocking: true });
+      const { port1, port2 } = new MessageChannel();
+      const data: DeviceWorkerData = {
+        devices: [],
+        inbox: { port: port2, fd: wake.fd },
+        pollTimeoutMs: this.#pollTimeoutMs,
+        spinUs: 0,
+      };
+      const worker = new Worker(WORKER_URL, { workerData: data, transferList: [port2], name: this.name });
+      worker.once("exit", () => {
+        port1.close();
+        wake.close();
+      });
+      t = { worker, inbox: port1, wake, devices: 0 };
+      this.#thread = t;
+    }
+    const thread = t;
+    thread.devices++;
+    thread.inbox.postMessage({ type: "add", device: slot }, transfer);
+    thread.wake.write(1);
+    let released = false;
+    return {
+      worker: thread.worker,
+      release: () => {
+        if (released) return;
+        released = true;
+        if (--thread.devices > 0) return;
+        // The last device ended: close the thread; the next device starts a new one.
+        if (this.#thread === thread) this.#thread = undefined;
+        try {
+          thread.inbox.postMessage({ type: "close" });
+          thread.wake.write(1);
+        } catch {
+          // the thread is already gone
+        }
+      },
+    };
   };
 }
 

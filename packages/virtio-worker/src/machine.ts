@@ -21,6 +21,8 @@ export interface WorkerPciDeviceOptions<Data>
   name: string;
   /** The device's start failure as the user reads it (default: `${name}: ${message}`). */
   startError?: (message: string) => string;
+  /** Where the device runs (default: a worker of its own); e.g. a `SharedDeviceWorker`. */
+  thread?: StartDeviceWorkerOptions<Data>["thread"];
 }
 
 const dword = (v: number): Uint8Array => {
@@ -72,6 +74,7 @@ export function workerPciDevice<Data>(options: WorkerPciDeviceOptions<Data>): Ma
       ...(options.pci !== undefined ? { pci: options.pci } : {}),
       ...(options.budget !== undefined ? { budget: options.budget } : {}),
       ...(options.byteBudget !== undefined ? { byteBudget: options.byteBudget } : {}),
+      ...(options.thread !== undefined ? { thread: options.thread } : {}),
       hooks: {
         ioeventfd: (e) =>
           guard(`${e.action} the queue ${e.queue} doorbell`, () => {

@@ -5,7 +5,12 @@ import { Worker } from "node:worker_threads";
 import { DeviceChannel, GuestMemory, GuestRegion } from "@tskvm/kvm-core";
 import { DeviceStatus, PciDriverTransport, VirtioDriverSimulator } from "@tskvm/virtio";
 import { afterAll, describe, expect, it } from "vitest";
-import { ChannelPciFunction, type DeviceWorkerHandle, startDeviceWorker } from "../dist/index.js";
+import {
+  ChannelPciFunction,
+  type DeviceWorkerHandle,
+  SharedDeviceWorker,
+  startDeviceWorker,
+} from "../dist/index.js";
 
 const FILL_DEVICE = new URL("./fixtures/fill-device.mjs", import.meta.url).href;
 const DRIVER = new URL("./fixtures/driver.mjs", import.meta.url);
@@ -25,11 +30,16 @@ const region = GuestRegion.allocate(0, 64 << 20);
 const memory = new GuestMemory([region]);
 afterAll(() => region.release());
 
-function start(data: FillData, channel: DeviceChannel): DeviceWorkerHandle<{ byte: number }, FillStats> {
+function start(
+  data: FillData,
+  channel: DeviceChannel,
+  thread?: SharedDeviceWorker,
+): DeviceWorkerHandle<{ byte: number }, FillStats> {
   return startDeviceWorker<{ byte: number }, FillStats>({
     module: FILL_DEVICE,
     data,
-    name: "fill",
+    name: `fill ${data.byte}`,
+    ...(thread ? { thread } : {}),
     memory: memory.describe(),
     transport: "pci",
     channel: channel.describe(),
@@ -163,5 +173,70 @@ describe("a device in a worker of its own", () => {
     const exit = await handle.exited;
     expect(exit.error?.message).toMatch(/no-such-module/);
     expect(exit.stats).toBeUndefined();
+  });
+});
+
+describe("devices on one shared worker", () => {
+  it("serves two devices from one thread, each with its own queues, and a third after the thread restarts", async () => {
+    const shared = new SharedDeviceWorker({ name: "test-devices" });
+    const channels = [DeviceChannel.create(), DeviceChannel.create()];
+    const a = start({ byte: 0xa1 }, channels[0]!, shared);
+    const b = start({ byte: 0xb2 }, channels[1]!, shared);
+    expect(a.worker).toBe(b.worker);
+    expect(shared.devices).toBe(2);
+    await Promise.all([a.ready, b.ready]);
+    const runs = [
+      drive(a, channels[0]!, { count: 500, depth: 16, length: 256, byte: 0xa1, heap: 24 << 20 }),
+      drive(b, channels[1]!, { count: 500, depth: 16, length: 256, byte: 0xb2, heap: 32 << 20 }),
+    ];
+    // Both drivers run while this thread is blocked: one device worker serves them both.
+    for (const r of runs) expect(Atomics.wait(r.result, 0, 0, 30_000)).not.toBe("timed-out");
+    for (const r of runs) {
+      expect(Atomics.load(r.result, 1)).toBe(500);
+      expect(Atomics.load(r.result, 2)).toBe(0);
+    }
+    expect([a.completed, b.completed]).toEqual([500, 500]);
+    // One stops, the other goes on in the same thread.
+    const exitA = await a.stop();
+    expect(exitA.stats).toMatchObject({ served: 500, closed: true });
+    expect(shared.devices).toBe(1);
+    const more = drive(b, channels[1]!, { count: 100, depth: 8, length: 64, byte: 0xb2, heap: 40 << 20 });
+    expect(Atomics.wait(more.result, 0, 0, 30_000)).not.toBe("timed-out");
+    expect(Atomics.load(more.result, 2)).toBe(0);
+    const threadExit = new Promise((r) => b.worker.once("exit", r));
+    expect((await b.stop()).stats).toMatchObject({ served: 600, closed: true });
+    // The last device gone, the thread ends; a new device starts a new one.
+    await threadExit;
+    expect(shared.worker).toBeUndefined();
+    const c = start({ byte: 0xc3 }, channels[0]!, shared);
+    expect(c.worker).not.toBe(b.worker);
+    await c.ready;
+    await c.stop();
+    for (const r of [...runs, more]) await r.worker.terminate();
+    for (const ch of channels) ch.close();
+  });
+
+  it("a device failing on a shared worker breaks only itself", async () => {
+    const shared = new SharedDeviceWorker();
+    const channels = [DeviceChannel.create(), DeviceChannel.create()];
+    const bad = start({ byte: 1, throwOnServe: true }, channels[0]!, shared);
+    const good = start({ byte: 2 }, channels[1]!, shared);
+    await Promise.all([bad.ready, good.ready]);
+    const transport = new PciDriverTransport(new ChannelPciFunction(channels[0]!));
+    transport.notify = () => bad.notifyEventFds[0]!.write(1);
+    const sim = new VirtioDriverSimulator({ transport, memory, heap: { address: 48 << 20, size: 1 << 20 } });
+    sim.init({ queueSize: 16 });
+    sim.queue(0).submit({ writable: [16] });
+    sim.queue(0).kick();
+    const deadline = Date.now() + 5000;
+    while ((sim.status & DeviceStatus.DEVICE_NEEDS_RESET) === 0 && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 5));
+    expect(sim.status & DeviceStatus.DEVICE_NEEDS_RESET).toBeTruthy();
+    const r = drive(good, channels[1]!, { count: 200, depth: 8, length: 32, byte: 2, heap: 52 << 20 });
+    expect(Atomics.wait(r.result, 0, 0, 30_000)).not.toBe("timed-out");
+    expect(Atomics.load(r.result, 2)).toBe(0);
+    await Promise.all([bad.stop(), good.stop()]);
+    await r.worker.terminate();
+    for (const ch of channels) ch.close();
   });
 });
