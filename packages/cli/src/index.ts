@@ -12,3 +12,4 @@ export {
 export { rootCommand } from "./commands/index.js";
 export { blkPciDevice, checkDisks, type DiskSpec, parseDiskSpec } from "./disk.js";
 export { ExitCode } from "./exit-codes.js";
+export { rngPciDevice } from "./rng.js";

@@ -8,8 +8,10 @@ import {
   type MachineExit,
   parseBzImage,
 } from "@tskvm/machine-x86";
+import { SharedDeviceWorker } from "@tskvm/virtio-worker";
 import { type Command, ExitCode, type Io, parseCommandArgs, UsageError } from "../command.js";
 import { blkPciDevice, checkDisks, parseDiskSpec } from "../disk.js";
+import { rngPciDevice } from "../rng.js";
 import { ConsoleTerminal } from "../terminal.js";
 
 export const RUN_HELP = `Usage: tskvm run [OPTIONS]
@@ -33,6 +35,7 @@ Options (as kvmtool's lkvm run):
                       a temporary overlay and the image is left untouched;
                       direct: O_DIRECT (raw images)
       --snapshot      every disk as ,snapshot
+      --rng           a virtio-rng device (/dev/hwrng) fed by the host's CSPRNG
   -h, --help          show this help
 
 Console: the terminal is in raw mode while the guest runs, so Ctrl-C goes to
@@ -215,6 +218,7 @@ export const run: Command = {
       cpus: { type: "string", short: "c" },
       disk: { type: "string", short: "d", multiple: true },
       snapshot: { type: "boolean" },
+      rng: { type: "boolean" },
     });
     const disks = (values.disk ?? []).map(parseDiskSpec);
     if (values.snapshot) for (const d of disks) d.snapshot = true;
@@ -234,6 +238,7 @@ export const run: Command = {
       kernel = kit.kernel;
       initrd ??= kit.initrd;
     }
+    const slowDevices = new SharedDeviceWorker({ name: "tskvm-slow-devices" });
     let machine: Machine;
     try {
       // Check the files first: a bad kernel is reported as such, whatever the host's KVM.
@@ -245,7 +250,11 @@ export const run: Command = {
         ...(values.params !== undefined ? { cmdline: values.params } : {}),
         memMiB: mem,
         cpus,
-        devices: disks.map((d) => blkPciDevice(d)),
+        // Each disk on a worker of its own; the rng on the thread shared by slow devices.
+        devices: [
+          ...disks.map((d) => blkPciDevice(d)),
+          ...(values.rng ? [rngPciDevice({ thread: slowDevices })] : []),
+        ],
       });
     } catch (e) {
       if (e instanceof AccelerationError) {
