@@ -5,12 +5,17 @@ import { fileURLToPath } from "node:url";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 
-/** The worker tests start dist/worker.js (and import dist/), so dist must match src/. */
+/**
+ * The worker tests start dist/worker.js (and import dist/), and the README test
+ * runs dist/examples/: both must match their sources.
+ */
 export default function setup(): void {
   const tsc = createRequire(import.meta.url).resolve("typescript/bin/tsc");
-  const r = spawnSync(process.execPath, [tsc, "-p", "tsconfig.json"], {
-    cwd: root,
-    stdio: ["ignore", "inherit", "inherit"],
-  });
-  if (r.status !== 0) throw new Error(`tsc -p tsconfig.json failed (${r.status})`);
+  for (const project of ["tsconfig.json", "tsconfig.examples.json"]) {
+    const r = spawnSync(process.execPath, [tsc, "-p", project], {
+      cwd: root,
+      stdio: ["ignore", "inherit", "inherit"],
+    });
+    if (r.status !== 0) throw new Error(`tsc -p ${project} failed (${r.status})`);
+  }
 }
