@@ -65,6 +65,29 @@ function drive(
   return { worker, result };
 }
 
+/** A driver on this thread (every register access a synchronous channel call); memory at `heap`. */
+function mainThreadDriver(
+  handle: DeviceWorkerHandle,
+  channel: DeviceChannel,
+  heap: number,
+): VirtioDriverSimulator {
+  const transport = new PciDriverTransport(new ChannelPciFunction(channel));
+  transport.notify = () => handle.notifyEventFds[0]!.write(1);
+  const sim = new VirtioDriverSimulator({ transport, memory, heap: { address: heap, size: 1 << 20 } });
+  sim.init({ queueSize: 16 });
+  return sim;
+}
+
+/** Posts one chain and waits until the device says DEVICE_NEEDS_RESET (or 5 s). */
+async function kickUntilNeedsReset(sim: VirtioDriverSimulator): Promise<void> {
+  sim.queue(0).submit({ writable: [16] });
+  sim.queue(0).kick();
+  const deadline = Date.now() + 5000;
+  while ((sim.status & DeviceStatus.DEVICE_NEEDS_RESET) === 0 && Date.now() < deadline)
+    await new Promise((r) => setTimeout(r, 5));
+  expect(sim.status & DeviceStatus.DEVICE_NEEDS_RESET).toBeTruthy();
+}
+
 describe("a device in a worker of its own", () => {
   it("serves a driver in another worker while the main thread is blocked in Atomics.wait", async () => {
     const channel = DeviceChannel.create();
@@ -121,17 +144,8 @@ describe("a device in a worker of its own", () => {
     const channel = DeviceChannel.create();
     const handle = start({ byte: 2, throwOnServe: true }, channel);
     await handle.ready;
-    // The driver on the main thread: every register access is a synchronous channel call.
-    const transport = new PciDriverTransport(new ChannelPciFunction(channel));
-    transport.notify = () => handle.notifyEventFds[0]!.write(1);
-    const sim = new VirtioDriverSimulator({ transport, memory, heap: { address: 16 << 20, size: 1 << 20 } });
-    sim.init({ queueSize: 16 });
-    sim.queue(0).submit({ writable: [16] });
-    sim.queue(0).kick();
-    const deadline = Date.now() + 5000;
-    while ((sim.status & DeviceStatus.DEVICE_NEEDS_RESET) === 0 && Date.now() < deadline)
-      await new Promise((r) => setTimeout(r, 5));
-    expect(sim.status & DeviceStatus.DEVICE_NEEDS_RESET).toBeTruthy();
+    const sim = mainThreadDriver(handle, channel, 16 << 20);
+    await kickUntilNeedsReset(sim);
     // Still answering: a reset and a new init work.
     sim.init({ queueSize: 16 });
     expect(sim.status & DeviceStatus.DEVICE_NEEDS_RESET).toBe(0);
@@ -144,11 +158,7 @@ describe("a device in a worker of its own", () => {
     const channel = DeviceChannel.create();
     const handle = start({ byte: 3, retryMs: 40 }, channel);
     await handle.ready;
-    const transport = new PciDriverTransport(new ChannelPciFunction(channel));
-    transport.notify = () => handle.notifyEventFds[0]!.write(1);
-    const sim = new VirtioDriverSimulator({ transport, memory, heap: { address: 18 << 20, size: 1 << 20 } });
-    sim.init({ queueSize: 16 });
-    const q = sim.queue(0);
+    const q = mainThreadDriver(handle, channel, 18 << 20).queue(0);
     for (let i = 0; i < 4; i++) q.submit({ writable: [8] });
     const t0 = performance.now();
     q.kick();
@@ -222,16 +232,7 @@ describe("devices on one shared worker", () => {
     const bad = start({ byte: 1, throwOnServe: true }, channels[0]!, shared);
     const good = start({ byte: 2 }, channels[1]!, shared);
     await Promise.all([bad.ready, good.ready]);
-    const transport = new PciDriverTransport(new ChannelPciFunction(channels[0]!));
-    transport.notify = () => bad.notifyEventFds[0]!.write(1);
-    const sim = new VirtioDriverSimulator({ transport, memory, heap: { address: 48 << 20, size: 1 << 20 } });
-    sim.init({ queueSize: 16 });
-    sim.queue(0).submit({ writable: [16] });
-    sim.queue(0).kick();
-    const deadline = Date.now() + 5000;
-    while ((sim.status & DeviceStatus.DEVICE_NEEDS_RESET) === 0 && Date.now() < deadline)
-      await new Promise((r) => setTimeout(r, 5));
-    expect(sim.status & DeviceStatus.DEVICE_NEEDS_RESET).toBeTruthy();
+    await kickUntilNeedsReset(mainThreadDriver(bad, channels[0]!, 48 << 20));
     const r = drive(good, channels[1]!, { count: 200, depth: 8, length: 32, byte: 2, heap: 52 << 20 });
     expect(Atomics.wait(r.result, 0, 0, 30_000)).not.toBe("timed-out");
     expect(Atomics.load(r.result, 2)).toBe(0);
