@@ -20,6 +20,8 @@ export const VIRTIO_CONSOLE_F_EMERG_WRITE = 1n << 2n;
 export const CONSOLE_RECEIVEQ = 0;
 /** transmitq0: port 0's guest → host queue. */
 export const CONSOLE_TRANSMITQ = 1;
+/** Number of queues without MULTIPORT (what a device worker needs notify eventfds for). */
+export const CONSOLE_QUEUES = 2;
 /** Configuration space size: cols (u16), rows (u16), max_nr_ports (u32), emerg_wr (u32) (§5.3.4). */
 export const CONSOLE_CONFIG_SIZE = 12;
 export const DEFAULT_CONSOLE_QUEUE_SIZE = 256;

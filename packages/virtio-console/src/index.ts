@@ -1,1 +1,6 @@
 export * from "./device.js";
+export type { ConsoleModuleData } from "./entry.js";
+export * from "./link.js";
+
+/** URL of virtio-console's device module (for `@tskvm/virtio-worker`'s `startDeviceWorker` / `workerPciDevice`). */
+export const CONSOLE_DEVICE_MODULE: string = new URL("./entry.js", import.meta.url).href;

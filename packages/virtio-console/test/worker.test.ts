@@ -1,0 +1,118 @@
+// The console's device module served by @tskvm/virtio-worker in a worker
+// thread, a driver on this thread (through the register channel, as vCPUs
+// would), and the host side through a ConsoleLink: output, input, resize,
+// and output bigger than the link's ring (the worker waits for the host).
+import { DeviceChannel, GuestMemory, GuestRegion } from "@tskvm/kvm-core";
+import { PciDriverTransport, VirtioDriverSimulator } from "@tskvm/virtio";
+import { ChannelPciFunction, type DeviceWorkerHandle, startDeviceWorker } from "@tskvm/virtio-worker";
+import { afterAll, describe, expect, it } from "vitest";
+import {
+  CONSOLE_QUEUES,
+  CONSOLE_RECEIVEQ,
+  CONSOLE_TRANSMITQ,
+  ConsoleLink,
+  type ConsoleStats,
+} from "../src/index.js";
+
+const MODULE = new URL("../dist/entry.js", import.meta.url).href;
+const region = GuestRegion.allocate(0, 8 << 20);
+const memory = new GuestMemory([region]);
+afterAll(() => region.release());
+
+async function until(what: string, f: () => boolean, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!f()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+}
+
+async function start(link: ConsoleLink): Promise<{
+  handle: DeviceWorkerHandle<Record<string, never>, ConsoleStats>;
+  sim: VirtioDriverSimulator;
+  channel: DeviceChannel;
+}> {
+  const channel = DeviceChannel.create();
+  const handle = startDeviceWorker<Record<string, never>, ConsoleStats>({
+    module: MODULE,
+    data: { ...link.data, queueSize: 64 },
+    queues: CONSOLE_QUEUES,
+    name: "console",
+    memory: memory.describe(),
+    transport: "pci",
+    channel: channel.describe(),
+  });
+  link.wake = (q) => handle.notify(q);
+  await handle.ready;
+  const transport = new PciDriverTransport(new ChannelPciFunction(channel));
+  transport.notify = (q) => handle.notifyEventFds[q]?.write(1);
+  const sim = new VirtioDriverSimulator({ transport, memory, heap: { address: 0x10000, size: 6 << 20 } });
+  sim.init();
+  return { handle, sim, channel };
+}
+
+describe("the console device module in a worker", () => {
+  it("output, input and resize through a ConsoleLink", async () => {
+    const link = new ConsoleLink({ cols: 100, rows: 30 });
+    const { handle, sim, channel } = await start(link);
+    try {
+      const cfg = sim.readConfig(0, 4);
+      expect([cfg[0]! | (cfg[1]! << 8), cfg[2]! | (cfg[3]! << 8)]).toEqual([100, 30]);
+
+      const tx = sim.queue(CONSOLE_TRANSMITQ);
+      tx.submit({ readable: [Buffer.from("hello "), Buffer.from("host\n")] });
+      tx.kick();
+      let got = "";
+      while (got.length < 11) {
+        await link.waitOutput();
+        got += Buffer.from(link.read()).toString();
+      }
+      expect(got).toBe("hello host\n");
+
+      const rx = sim.queue(CONSOLE_RECEIVEQ);
+      rx.submit({ writable: [4] });
+      rx.submit({ writable: [64] });
+      rx.kick();
+      expect(link.write(Buffer.from("typed input"))).toBe(11);
+      const used = await rx.waitUsed(2);
+      expect(used.map((u) => Buffer.from(u.written).toString())).toEqual(["type", "d input"]);
+
+      const gen = sim.transport.configGeneration();
+      link.resize(132, 43);
+      await until("the resize", () => sim.transport.configGeneration() !== gen);
+      const c2 = sim.readConfig(0, 4);
+      expect([c2[0]! | (c2[1]! << 8), c2[2]! | (c2[3]! << 8)]).toEqual([132, 43]);
+    } finally {
+      const exit = await handle.stop();
+      channel.close();
+      expect(exit.stats?.rxChains).toBe(2);
+    }
+  });
+
+  it("output bigger than the link's ring arrives whole and in order", async () => {
+    const link = new ConsoleLink({ outputCapacity: 4096 });
+    const { handle, sim, channel } = await start(link);
+    const received: Uint8Array[] = [];
+    let total = 0;
+    const stop = link.onOutput((b) => {
+      received.push(b);
+      total += b.length;
+    });
+    try {
+      const all = new Uint8Array(300_000);
+      for (let i = 0; i < all.length; i++) all[i] = (i * 31 + (i >> 8)) & 0xff;
+      const tx = sim.queue(CONSOLE_TRANSMITQ);
+      for (let at = 0; at < all.length; at += 10_000) {
+        tx.submit({ readable: [all.subarray(at, at + 6000), all.subarray(at + 6000, at + 10_000)] });
+        tx.kick();
+      }
+      await until("all output", () => total >= all.length, 10_000);
+      expect(Buffer.concat(received)).toEqual(Buffer.from(all));
+      await tx.waitUsed(30);
+    } finally {
+      stop();
+      await handle.stop();
+      channel.close();
+    }
+  });
+});
