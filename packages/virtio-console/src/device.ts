@@ -320,11 +320,15 @@ export class VirtioConsoleDevice implements VirtioDevice {
     const ctx = this.#ctx;
     const queue = index === CONSOLE_RECEIVEQ ? this.#rx : index === CONSOLE_TRANSMITQ ? this.#tx : undefined;
     if (!ctx || !queue || this.#broken) return result;
+    // (A budget of NaN or below 1 still allows one chain / byte: a call always makes progress.)
     const maxChains = Math.max(
       1,
-      Math.min(this.maxChainsPerCall, budget.requests ?? Number.POSITIVE_INFINITY),
+      Math.min(this.maxChainsPerCall, budget.requests ?? Number.POSITIVE_INFINITY) || 1,
     );
-    const maxBytes = Math.max(1, Math.min(this.maxBytesPerCall, budget.bytes ?? Number.POSITIVE_INFINITY));
+    const maxBytes = Math.max(
+      1,
+      Math.min(this.maxBytesPerCall, budget.bytes ?? Number.POSITIVE_INFINITY) || 1,
+    );
     let failed = false;
     try {
       result.more =

@@ -170,6 +170,15 @@ describe("virtio-console device", () => {
     expect(r1).toMatchObject({ completed: 3, bytes: 300, more: true });
     const r2 = rig.device.serveQueue(CONSOLE_RECEIVEQ, { requests: 2 });
     expect(r2).toMatchObject({ completed: 2, bytes: 200, more: true });
+    // A nonsensical budget still bounds the call (one chain).
+    expect(rig.device.serveQueue(CONSOLE_RECEIVEQ, { requests: Number.NaN })).toMatchObject({
+      completed: 1,
+      more: true,
+    });
+    expect(rig.device.serveQueue(CONSOLE_RECEIVEQ, { requests: 0 })).toMatchObject({
+      completed: 1,
+      more: true,
+    });
     // A transmit chain of 2500 bytes: 1000 per call, streamed in order.
     const tx = rig.sim.queue(CONSOLE_TRANSMITQ);
     const out = pattern(2500, 9);
