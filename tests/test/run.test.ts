@@ -64,6 +64,18 @@ describe(`tskvm run boots Linux (${target.kind})`, () => {
     console.log(`${name}: ${r.ms} ms from start to power-off`);
   });
 
+  it("--rng: the guest's /dev/hwrng is virtio_rng and 1 MiB of it does not compress", () => {
+    const r = get("--rng: the guest's /dev/hwrng is virtio_rng and 1 MiB of it does not compress");
+    expect(r.code, `${r.stderr}\n${r.stdout}`).toBe(0);
+    const out = parseGuestCommandOutput(String(r.stdout));
+    expect(out?.status, String(r.stdout)).toBe(0);
+    expect(out?.output).toMatch(/RNG=virtio_rng/);
+    expect(out?.output).toContain("BYTES=1048576");
+    const gzipped = Number(/GZIP=(\d+)/.exec(out?.output ?? "")?.[1]);
+    expect(gzipped).toBeGreaterThanOrEqual(1048576); // random bytes do not compress
+    console.log(`--rng: 1 MiB of /dev/hwrng, boot to power-off ${r.ms} ms`);
+  });
+
   it("reports the guest's power-off as 0 whatever the command's status", () => {
     const r = get("a guest exit status does not change tskvm's (the guest powered off)");
     expect(parseGuestCommandOutput(String(r.stdout))?.status).toBe(7);

@@ -36,7 +36,10 @@ export const GUEST_KERNEL_PACKAGE = "linux-image-amd64";
 /** Debian package providing a static `bin/busybox`. */
 export const GUEST_BUSYBOX_PACKAGE = "busybox-static";
 
-/** Modules loaded by `/init` (with their dependencies): virtio PCI and MMIO transports, virtio-blk, ext4. */
+/**
+ * Modules loaded by `/init` (with their dependencies): virtio PCI and MMIO transports,
+ * virtio-blk, virtio-rng (`/dev/hwrng` with `tskvm run --rng`), ext4.
+ */
 export const DEFAULT_GUEST_MODULES: readonly string[] = [
   "virtio_ring",
   "virtio",
@@ -45,6 +48,7 @@ export const DEFAULT_GUEST_MODULES: readonly string[] = [
   "virtio_pci",
   "virtio_mmio",
   "virtio_blk",
+  "virtio_rng",
   "ext4",
 ];
 
