@@ -23,6 +23,12 @@ export interface WorkerPciDeviceOptions<Data>
   startError?: (message: string) => string;
   /** Where the device runs (default: a worker of its own); e.g. a `SharedDeviceWorker`. */
   thread?: StartDeviceWorkerOptions<Data>["thread"];
+  /**
+   * Called once the device is built, with `wake(queue)`: writes the queue's notify
+   * eventfd so the worker serves that queue now (e.g. host input for a console)
+   * instead of at its poll timeout. After the device is detached `wake` does nothing.
+   */
+  onStart?: (wake: (queue: number) => void) => void;
 }
 
 const dword = (v: number): Uint8Array => {
@@ -113,6 +119,9 @@ export function workerPciDevice<Data>(options: WorkerPciDeviceOptions<Data>): Ma
       gsis.push(gsi);
       vm.registerIrqfd(efd, gsi);
     }
+    options.onStart?.((queue) => {
+      if (!ending) handle.notify(queue);
+    });
     void handle.exited.then((exit) => {
       if (!ending) fail(`${name}: its worker ended${exit.error ? `: ${exit.error.message}` : ""}`);
     });
