@@ -8,6 +8,8 @@
 #   (neither)             start an interactive shell on the console; power off when it exits.
 #   tskvm.verbose         keep kernel messages on the console while the command runs.
 #   tskvm.reboot          end with `reboot -f` instead of `poweroff -f`.
+#   console=hvc0          (the last console=) once the modules are loaded, the script and the
+#                         command use /dev/hvc0 (the virtio console) if it opens.
 #   MODULE.PARAM=VALUE    passed to insmod for the bundled modules, as modprobe would.
 #
 # Markers on the console (stdout and stderr of the command go between them):
@@ -115,6 +117,13 @@ if [ -s /etc/tskvm/modules ]; then
   else
     echo "tskvm: no modules for kernel $KVER in this initramfs (built for $(cat /etc/tskvm/kernel-version)); not loading any"
   fi
+fi
+
+# console=hvc0 last (tskvm run --console virtio): virtio_console is a module, so the kernel
+# opened /dev/console for this script before hvc0 existed; move to hvc0 now that it does
+# (if it opens: a failed `exec` redirection would end PID 1).
+if [ "$(tskvm_cmdline get console "$CMDLINE")" = hvc0 ] && [ -c /dev/hvc0 ] && (: </dev/hvc0) 2>/dev/null; then
+  exec 0</dev/hvc0 1>/dev/hvc0 2>&1
 fi
 
 tskvm_end() {

@@ -38,7 +38,8 @@ export const GUEST_BUSYBOX_PACKAGE = "busybox-static";
 
 /**
  * Modules loaded by `/init` (with their dependencies): virtio PCI and MMIO transports,
- * virtio-blk, virtio-rng (`/dev/hwrng` with `tskvm run --rng`), ext4.
+ * virtio-blk, virtio-rng (`/dev/hwrng` with `tskvm run --rng`), virtio-console
+ * (`hvc0` with `tskvm run --console virtio`), ext4.
  */
 export const DEFAULT_GUEST_MODULES: readonly string[] = [
   "virtio_ring",
@@ -49,6 +50,7 @@ export const DEFAULT_GUEST_MODULES: readonly string[] = [
   "virtio_mmio",
   "virtio_blk",
   "virtio_rng",
+  "virtio_console",
   "ext4",
 ];
 
