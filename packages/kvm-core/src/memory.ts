@@ -78,12 +78,17 @@ export class GuestRegion {
         size >= HUGE_PAGE_SIZE ? HUGE_PAGE_SIZE : 0,
       ),
     );
-    for (const advice of [MADV_HUGEPAGE, MADV_DONTFORK]) {
-      try {
-        native().madvise(id, 0, size, advice);
-      } catch {
-        // Advice only: a kernel without THP refuses MADV_HUGEPAGE (EINVAL); the memory works the same.
-      }
+    try {
+      native().madvise(id, 0, size, MADV_HUGEPAGE);
+    } catch {
+      // Advice only: a kernel without THP refuses MADV_HUGEPAGE (EINVAL); the memory works the same.
+    }
+    try {
+      // Not optional: without it a spawned child would share guest RAM copy-on-write.
+      sys("madvise(MADV_DONTFORK)", () => native().madvise(id, 0, size, MADV_DONTFORK));
+    } catch (e) {
+      native().unmap(id);
+      throw e;
     }
     return new GuestRegion({ mappingId: id, guestAddress, size, readOnly });
   }
