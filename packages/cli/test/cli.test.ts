@@ -91,6 +91,7 @@ describe("tskvm dispatcher", () => {
       [["guest", "build", "extra"], /^tskvm guest build: unexpected argument 'extra'/],
       [["guest", "build", "--cache-dir"], /^tskvm guest build: .*--cache-dir/],
       [["guest", "build", "--json=yes"], /^tskvm guest build: .*--json/],
+      [["run", "--console", "tty"], /^tskvm run: --console must be serial or virtio, not 'tty'/],
     ];
     for (const [args, message] of cases) {
       const r = tskvm(args);

@@ -10,6 +10,7 @@ import {
 } from "@tskvm/machine-x86";
 import { SharedDeviceWorker } from "@tskvm/virtio-worker";
 import { type Command, ExitCode, type Io, parseCommandArgs, UsageError } from "../command.js";
+import { parseConsoleKind, terminalSize, VirtioConsole } from "../console.js";
 import { blkPciDevice, checkDisks, parseDiskSpec } from "../disk.js";
 import { rngPciDevice } from "../rng.js";
 import { ConsoleTerminal } from "../terminal.js";
@@ -36,10 +37,14 @@ Options (as kvmtool's lkvm run):
                       direct: O_DIRECT (raw images)
       --snapshot      every disk as ,snapshot
       --rng           a virtio-rng device (/dev/hwrng) fed by the host's CSPRNG
+      --console TYPE  serial (default) or virtio: the terminal is the guest's
+                      hvc0, a virtio console (console=hvc0 is added after
+                      console=ttyS0; the serial port still shows early boot)
   -h, --help          show this help
 
 Console: the terminal is in raw mode while the guest runs, so Ctrl-C goes to
 the guest. Press Ctrl-A then x to quit; Ctrl-A Ctrl-A sends a Ctrl-A.
+Standard input and output may be pipes too (no raw mode, no escape key).
 
 Exit codes:
   0    the guest powered off or rebooted
@@ -120,12 +125,17 @@ function describeError(e: unknown): string {
   return process.env.TSKVM_DEBUG ? (e.stack ?? e.message) : e.message;
 }
 
-async function runMachine(m: Machine, io: Io): Promise<number> {
+async function runMachine(m: Machine, io: Io, hvc?: VirtioConsole): Promise<number> {
   const term = new ConsoleTerminal(process.stdin);
   let signal: NodeJS.Signals | undefined;
   let failed = false;
   let hardExitTimer: NodeJS.Timeout | undefined;
   const restore = () => term.restore();
+  // The virtio console's size follows the terminal's (stdout's 'resize' comes from SIGWINCH).
+  const onResize = () => {
+    const { cols, rows } = terminalSize(process.stdout);
+    hvc?.link.resize(cols, rows);
+  };
 
   // The last resort when the orderly stop does not end in time, or a second signal
   // insists: terminal restored, signals back to their default action (so nothing can
@@ -167,13 +177,16 @@ async function runMachine(m: Machine, io: Io): Promise<number> {
     process.off("uncaughtException", onFatal);
     process.off("unhandledRejection", onFatal);
     process.off("exit", restore);
+    process.stdout.off("resize", onResize);
   };
   for (const s of SIGNALS) process.on(s, onSignal);
   process.on("uncaughtException", onFatal);
   process.on("unhandledRejection", onFatal);
   process.on("exit", restore);
+  if (hvc) process.stdout.on("resize", onResize);
   try {
     m.console.output.on("data", (b: Buffer) => process.stdout.write(b));
+    hvc?.pipeOutput((b) => process.stdout.write(b));
     try {
       await m.start();
     } catch (e) {
@@ -182,11 +195,15 @@ async function runMachine(m: Machine, io: Io): Promise<number> {
       return ExitCode.error;
     }
     if (!failed && !signal)
-      term.attach(m.console.input, () => {
-        if (signal || failed) return;
-        signal = "SIGINT";
-        stopWithin(STOP_GRACE_MS);
-      });
+      term.attach(
+        hvc ? hvc.input() : m.console.input,
+        () => {
+          if (signal || failed) return;
+          signal = "SIGINT";
+          stopWithin(STOP_GRACE_MS);
+        },
+        { backpressure: hvc !== undefined },
+      );
     const exit = await m.exited;
     restore();
     if (failed) {
@@ -202,6 +219,7 @@ async function runMachine(m: Machine, io: Io): Promise<number> {
     if (hardExitTimer) clearTimeout(hardExitTimer);
     restore();
     removeHandlers();
+    hvc?.stop();
   }
 }
 
@@ -219,7 +237,9 @@ export const run: Command = {
       disk: { type: "string", short: "d", multiple: true },
       snapshot: { type: "boolean" },
       rng: { type: "boolean" },
+      console: { type: "string" },
     });
+    const consoleKind = parseConsoleKind(values.console);
     const disks = (values.disk ?? []).map(parseDiskSpec);
     if (values.snapshot) for (const d of disks) d.snapshot = true;
     const mem = memMiB(values.mem);
@@ -239,6 +259,14 @@ export const run: Command = {
       initrd ??= kit.initrd;
     }
     const slowDevices = new SharedDeviceWorker({ name: "tskvm-slow-devices" });
+    const hvc =
+      consoleKind === "virtio"
+        ? new VirtioConsole({ thread: slowDevices, size: terminalSize(process.stdout) })
+        : undefined;
+    // The last console= is /dev/console: hvc0 after the default console=ttyS0.
+    const cmdline = [hvc ? "console=hvc0" : undefined, values.params]
+      .filter((p) => p !== undefined)
+      .join(" ");
     let machine: Machine;
     try {
       // Check the files first: a bad kernel is reported as such, whatever the host's KVM.
@@ -247,13 +275,14 @@ export const run: Command = {
       machine = createMachine({
         kernel,
         ...(initrd !== undefined ? { initrd } : {}),
-        ...(values.params !== undefined ? { cmdline: values.params } : {}),
+        ...(cmdline !== "" ? { cmdline } : {}),
         memMiB: mem,
         cpus,
-        // Each disk on a worker of its own; the rng on the thread shared by slow devices.
+        // Each disk on a worker of its own; the rng and the console on the thread shared by slow devices.
         devices: [
           ...disks.map((d) => blkPciDevice(d)),
           ...(values.rng ? [rngPciDevice({ thread: slowDevices })] : []),
+          ...(hvc ? [hvc.device] : []),
         ],
       });
     } catch (e) {
@@ -267,6 +296,6 @@ export const run: Command = {
       io.stderr(`tskvm: ${(e as Error).message}\n`);
       return ExitCode.error;
     }
-    return runMachine(machine, io);
+    return runMachine(machine, io, hvc);
   },
 };
