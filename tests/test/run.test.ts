@@ -76,6 +76,22 @@ describe(`tskvm run boots Linux (${target.kind})`, () => {
     console.log(`--rng: 1 MiB of /dev/hwrng, boot to power-off ${r.ms} ms`);
   });
 
+  it("--console virtio --rng: the command runs on hvc0 and echoes a line the host sends through stdin", () => {
+    const r = get(
+      "--console virtio --rng: the command runs on hvc0 and echoes a line the host sends through stdin",
+    );
+    expect(r.code, `${r.stderr}\n${r.stdout}`).toBe(0);
+    expect(r.stdout).toContain("console=ttyS0"); // the serial port still shows the boot
+    const out = parseGuestCommandOutput(String(r.stdout));
+    expect(out?.status, String(r.stdout)).toBe(0);
+    expect(out?.output).toMatch(/HVC0=.*\bhvc0\b/); // hvc0 is among the active consoles
+    expect(out?.output).toContain("STDIN=/dev/hvc0 STDOUT=/dev/hvc0");
+    expect(out?.output).toContain("READY-FOR-INPUT");
+    expect(out?.output).toMatch(/^GOT=hello-from-host$/m); // sent through tskvm's stdin (a pipe)
+    expect(r.stderr).toMatch(/powered off/);
+    console.log(`--console virtio: a line through hvc0 and back, boot to power-off ${r.ms} ms`);
+  });
+
   it("reports the guest's power-off as 0 whatever the command's status", () => {
     const r = get("a guest exit status does not change tskvm's (the guest powered off)");
     expect(parseGuestCommandOutput(String(r.stdout))?.status).toBe(7);
