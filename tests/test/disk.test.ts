@@ -41,8 +41,6 @@ describe(`tskvm run with disks (${target.kind})`, () => {
     const run = await runOnTarget<Result>(fixture, [kit.kernel, initrd], { timeoutMs: 30 * 60_000 });
     log = run.log;
     for (const r of run.results) results.set(r.name, r);
-    for (const r of run.results)
-      if (r.firstAttempt) console.log(`RETRIED ${r.name}: ${JSON.stringify(r.firstAttempt)}`);
   }, 31 * 60_000);
 
   it("three disks: O_DIRECT patterns, a read-only disk, a serial", () => {
