@@ -66,6 +66,8 @@ describe(`tskvm run with disks (${target.kind})`, () => {
     expect(r.host.bUnchanged).toBe(true);
     expect(s.CW).toBe("0");
     expect(r.host.cSector1).toBe("hello-vdc");
+    // vdc (thread=shared) and the rng on one thread: both work.
+    expect(s.RNG).toBe("virtio_rng.0 4096");
   });
 
   it("ext4 on a raw disk: the host's e2fsck -fn is clean and finds the files", () => {

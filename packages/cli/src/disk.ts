@@ -13,7 +13,7 @@ import {
 } from "@tskvm/disk-image";
 import type { MachinePciDeviceFactory } from "@tskvm/machine-x86";
 import { BLK_DEVICE_MODULE, type BlkModuleData } from "@tskvm/virtio-blk";
-import { workerPciDevice } from "@tskvm/virtio-worker";
+import { type SharedDeviceWorker, workerPciDevice } from "@tskvm/virtio-worker";
 import { UsageError } from "./command.js";
 
 export interface DiskSpec {
@@ -27,6 +27,11 @@ export interface DiskSpec {
   format?: "raw" | "qcow2";
   /** What the guest reads as the disk's id (/sys/block/vdX/serial). */
   serial?: string;
+  /**
+   * Which thread serves it: a worker of its own (the default), or the one thread shared by the
+   * slow devices (console, rng) — for measuring what a busy disk does to them, or to save a thread.
+   */
+  thread: "own" | "shared";
 }
 
 const FLAGS = ["ro", "snapshot", "direct"] as const;
@@ -35,7 +40,7 @@ const FLAGS = ["ro", "snapshot", "direct"] as const;
 export function parseDiskSpec(text: string): DiskSpec {
   const [path, ...opts] = text.split(",");
   if (!path) throw new UsageError(`--disk needs a file: '${text}'`);
-  const spec: DiskSpec = { path, readOnly: false, snapshot: false, direct: false };
+  const spec: DiskSpec = { path, readOnly: false, snapshot: false, direct: false, thread: "own" };
   for (const o of opts) {
     const [key, value] = o.split("=", 2) as [string, string | undefined];
     if (value === undefined && (FLAGS as readonly string[]).includes(key)) {
@@ -43,6 +48,7 @@ export function parseDiskSpec(text: string): DiskSpec {
       else if (key === "snapshot") spec.snapshot = true;
       else spec.direct = true;
     } else if (key === "format" && (value === "raw" || value === "qcow2")) spec.format = value;
+    else if (key === "thread" && (value === "own" || value === "shared")) spec.thread = value;
     else if (
       key === "serial" &&
       value !== undefined &&
@@ -52,7 +58,7 @@ export function parseDiskSpec(text: string): DiskSpec {
       spec.serial = value;
     else
       throw new UsageError(
-        `--disk ${text}: unknown option '${o}' (options: ro, snapshot, direct, format=raw|qcow2, serial=ID of up to 20 characters)`,
+        `--disk ${text}: unknown option '${o}' (options: ro, snapshot, direct, format=raw|qcow2, serial=ID of up to 20 characters, thread=own|shared)`,
       );
   }
   return spec;
@@ -255,7 +261,10 @@ export function checkDisks(disks: readonly DiskSpec[]): string[] {
  * A machine device for one disk: virtio-blk's device module served on its own
  * worker by @tskvm/virtio-worker, which opens the image there (and holds its lock).
  */
-export function blkPciDevice(disk: DiskSpec): MachinePciDeviceFactory {
+/** The disk's PCI function; `sharedThread` serves it when the spec says `thread=shared`. */
+export function blkPciDevice(disk: DiskSpec, sharedThread?: SharedDeviceWorker): MachinePciDeviceFactory {
+  if (disk.thread === "shared" && sharedThread === undefined)
+    throw new Error(`disk ${disk.path}: thread=shared, but no shared thread was given`);
   const data: BlkModuleData = {
     image: {
       path: disk.path,
@@ -270,6 +279,7 @@ export function blkPciDevice(disk: DiskSpec): MachinePciDeviceFactory {
     module: BLK_DEVICE_MODULE,
     data,
     name: `disk ${disk.path}`,
+    ...(disk.thread === "shared" && sharedThread ? { thread: sharedThread } : {}),
     // disk-image's messages already begin with the path: name it once.
     startError: (m) => (m.startsWith(`${disk.path}: `) ? `disk ${m}` : `disk ${disk.path}: ${m}`),
   });

@@ -16,6 +16,7 @@ describe("--disk specs", () => {
       readOnly: false,
       snapshot: false,
       direct: false,
+      thread: "own",
     });
     expect(parseDiskSpec("a.img,ro")).toMatchObject({ path: "a.img", readOnly: true });
     expect(parseDiskSpec("a.qcow2,snapshot,format=qcow2,serial=disk-1")).toMatchObject({
@@ -24,6 +25,8 @@ describe("--disk specs", () => {
       serial: "disk-1",
     });
     expect(parseDiskSpec("a.img,direct")).toMatchObject({ direct: true });
+    expect(parseDiskSpec("a.img,thread=shared")).toMatchObject({ thread: "shared" });
+    expect(parseDiskSpec("a.img,thread=own")).toMatchObject({ thread: "own" });
   });
 
   it("refuses unknown options, bad values and an empty path", () => {
@@ -34,6 +37,8 @@ describe("--disk specs", () => {
       "a.img,format=vmdk",
       "a.img,serial=012345678901234567890",
       "a,ro=1",
+      "a.img,thread=main",
+      "a.img,thread",
     ])
       expect(() => parseDiskSpec(bad)).toThrow(UsageError);
     expect(() => parseDiskSpec("a.img,frob")).toThrow(/unknown option 'frob'/);

@@ -31,10 +31,12 @@ Options (as kvmtool's lkvm run):
   -c, --cpus N        number of vCPUs (default 1)
   -d, --disk SPEC     a virtio-blk disk; repeat for more (/dev/vda, vdb, ...).
                       SPEC is PATH[,ro][,snapshot][,direct][,format=raw|qcow2]
-                      [,serial=ID]: a raw or qcow2 image (probed unless
-                      format= is given); ro: read-only; snapshot: writes go to
-                      a temporary overlay and the image is left untouched;
-                      direct: O_DIRECT (raw images)
+                      [,serial=ID][,thread=own|shared]: a raw or qcow2 image
+                      (probed unless format= is given); ro: read-only;
+                      snapshot: writes go to a temporary overlay and the
+                      image is left untouched; direct: O_DIRECT (raw images);
+                      thread: its own worker (default) or the thread shared
+                      with the console and rng
       --snapshot      every disk as ,snapshot
       --rng           a virtio-rng device (/dev/hwrng) fed by the host's CSPRNG
       --console TYPE  serial (default) or virtio: the terminal is the guest's
@@ -278,9 +280,10 @@ export const run: Command = {
         ...(cmdline !== "" ? { cmdline } : {}),
         memMiB: mem,
         cpus,
-        // Each disk on a worker of its own; the rng and the console on the thread shared by slow devices.
+        // Each disk on a worker of its own (unless thread=shared); the rng and the console on
+        // the thread shared by slow devices.
         devices: [
-          ...disks.map((d) => blkPciDevice(d)),
+          ...disks.map((d) => blkPciDevice(d, slowDevices)),
           ...(values.rng ? [rngPciDevice({ thread: slowDevices })] : []),
           ...(hvc ? [hvc.device] : []),
         ],
