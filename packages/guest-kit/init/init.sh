@@ -94,7 +94,10 @@ umask 022
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null # may already be there (CONFIG_DEVTMPFS_MOUNT)
-exec 0</dev/console 1>/dev/console 2>&1
+# /dev/console may not open yet: with only console=hvc0 (kvmtool's --console virtio, QEMU's
+# virtconsole) no console exists until virtio_console is loaded below, and a failed `exec`
+# redirection would end PID 1.
+if (: </dev/console) 2>/dev/null; then exec 0</dev/console 1>/dev/console 2>&1; fi
 hostname tskvm
 
 # Kernel modules, in dependency order (written by the builder).
@@ -122,8 +125,15 @@ fi
 # console=hvc0 last (tskvm run --console virtio): virtio_console is a module, so the kernel
 # opened /dev/console for this script before hvc0 existed; move to hvc0 now that it does
 # (if it opens: a failed `exec` redirection would end PID 1).
-if [ "$(tskvm_cmdline get console "$CMDLINE")" = hvc0 ] && [ -c /dev/hvc0 ] && (: </dev/hvc0) 2>/dev/null; then
-  exec 0</dev/hvc0 1>/dev/hvc0 2>&1
+# A multiport device (QEMU's virtio-serial) adds its ports after the driver is ready: give
+# hvc0 up to 5 s to appear.
+if [ "$(tskvm_cmdline get console "$CMDLINE")" = hvc0 ]; then
+  _tskvm_wait=0
+  while [ ! -c /dev/hvc0 ] && [ $_tskvm_wait -lt 50 ]; do
+    sleep 0.1
+    _tskvm_wait=$((_tskvm_wait + 1))
+  done
+  if [ -c /dev/hvc0 ] && (: </dev/hvc0) 2>/dev/null; then exec 0</dev/hvc0 1>/dev/hvc0 2>&1; fi
 fi
 
 tskvm_end() {
