@@ -13,59 +13,21 @@
 // blkbench.c is compiled static with gcc and appended, as a second gzip'd cpio archive,
 // to the default guest kit's initrd. Both files go to CACHE/bench/ (CACHE = guest-kit's
 // defaultCacheDir(), ~/.cache/tskvm), not /tmp: the sandbox mounts its own /tmp.
-import { spawnSync } from "node:child_process";
-import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { appendInitrd, buildGuestKit, defaultCacheDir, writeInitramfs } from "@tskvm/guest-kit";
+import { buildGuestKit } from "@tskvm/guest-kit";
 import { e2eTarget, runOnTarget } from "../dist/index.js";
+import { initrdWith } from "./tools.mjs";
 
 const formats = (process.env.TSKVM_BENCH_BLK_FORMATS ?? "raw").split(",").filter(Boolean);
 const seconds = Number(process.env.TSKVM_BENCH_BLK_SECONDS ?? 3);
 const runs = Number(process.env.TSKVM_BENCH_BLK_RUNS ?? 1);
 const vmms = (process.env.TSKVM_BENCH_BLK_VMMS ?? "tskvm,qemu,qemu-iothread").split(",").filter(Boolean);
 const here = dirname(fileURLToPath(import.meta.url));
-const cacheDir = join(defaultCacheDir(), "bench");
-mkdirSync(cacheDir, { recursive: true });
-
-const hash = (...parts) => {
-  const h = createHash("sha256");
-  for (const p of parts) h.update(p);
-  return h.digest("hex").slice(0, 16);
-};
-
-/** Writes `path` atomically with `make()`'s bytes unless it exists; drops older `prefix*` files. */
-function cached(prefix, key, make) {
-  const path = join(cacheDir, `${prefix}${key}`);
-  if (existsSync(path)) return path;
-  for (const f of readdirSync(cacheDir)) if (f.startsWith(prefix)) rmSync(join(cacheDir, f), { force: true });
-  const tmp = `${path}.${process.pid}.tmp`;
-  make(tmp);
-  renameSync(tmp, path);
-  return path;
-}
-
-const source = readFileSync(join(here, "blkbench.c"));
-const blkbench = cached("blkbench-", hash(source), (out) => {
-  const r = spawnSync("gcc", ["-O2", "-Wall", "-static", "-o", out, join(here, "blkbench.c")], {
-    encoding: "utf8",
-  });
-  if (r.status !== 0)
-    throw new Error(`gcc blkbench.c failed (exit ${r.status}):\n${r.stderr}${r.error ?? ""}`);
-});
 
 const kit = await buildGuestKit({ log: (line) => console.error(line) });
-const kitInitrd = readFileSync(kit.initrd);
-const tool = readFileSync(blkbench);
-// Linux unpacks an initramfs made of several gzip'd cpio archives one after another.
-const initrd = cached("initrd-blk-", hash(kitInitrd, tool), (out) =>
-  appendInitrd(
-    kit.initrd,
-    writeInitramfs([{ type: "file", path: "blkbench", data: tool, mode: 0o755 }]),
-    out,
-  ),
-);
+const initrd = initrdWith(kit, ["blkbench"], "initrd-blk-");
 
 const target = e2eTarget();
 const script = join(here, "blk-in-guest.mjs");
