@@ -11,13 +11,8 @@
 // offsets given, `depth` in flight, and reports what it saw.
 import { parentPort, workerData } from "node:worker_threads";
 import { DeviceChannel, EventFd, GuestMemory, pollReadable } from "@tskvm/kvm-core";
-import {
-  needEvent,
-  PciDriverTransport,
-  VIRTQ_DESC_F_NEXT,
-  VIRTQ_DESC_F_WRITE,
-  VirtioDriverSimulator,
-} from "@tskvm/virtio";
+import { needEvent, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from "@tskvm/virtio";
+import { PciDriverTransport, VirtioDriverSimulator } from "@tskvm/virtio/testing";
 import { ChannelPciFunction } from "../dist/index.js";
 
 /** poll(2) on one fd; a signal (EINTR) counts as a timeout. */

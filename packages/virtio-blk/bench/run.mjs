@@ -45,14 +45,8 @@ import { join } from "node:path";
 import { Worker } from "node:worker_threads";
 import { openDiskImage } from "@tskvm/disk-image";
 import { DeviceChannel, GuestMemory, GuestRegion } from "@tskvm/kvm-core";
-import {
-  InterruptRecorder,
-  PciDriverTransport,
-  VIRTQ_DESC_F_NEXT,
-  VIRTQ_DESC_F_WRITE,
-  VirtioDriverSimulator,
-  VirtioPciTransport,
-} from "@tskvm/virtio";
+import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VirtioPciTransport } from "@tskvm/virtio";
+import { InterruptRecorder, PciDriverTransport, VirtioDriverSimulator } from "@tskvm/virtio/testing";
 import { startBlkWorker, VirtioBlkDevice } from "../dist/index.js";
 
 const SIZE = 256 << 20;

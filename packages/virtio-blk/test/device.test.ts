@@ -12,8 +12,8 @@ import {
   VIRTIO_F_VERSION_1,
   VIRTQ_DESC_F_NEXT,
   VIRTQ_DESC_F_WRITE,
-  writeDescriptor,
 } from "@tskvm/virtio";
+import { writeDescriptor } from "@tskvm/virtio/testing";
 import { afterEach, describe, expect, it } from "vitest";
 import {
   BlkConfigOffset,

@@ -7,19 +7,21 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type DiskImage, openDiskImage } from "@tskvm/disk-image";
 import {
-  type GuestAllocator,
   type GuestMemoryAccess,
-  InterruptRecorder,
-  PciDriverTransport,
   PlainGuestMemory,
-  type SimQueue,
   VIRTQ_DESC_F_INDIRECT,
   VIRTQ_DESC_F_NEXT,
   VIRTQ_DESC_F_WRITE,
-  VirtioDriverSimulator,
   VirtioPciTransport,
-  writeDescriptor,
 } from "@tskvm/virtio";
+import {
+  type GuestAllocator,
+  InterruptRecorder,
+  PciDriverTransport,
+  type SimQueue,
+  VirtioDriverSimulator,
+  writeDescriptor,
+} from "@tskvm/virtio/testing";
 import { type BlkDeviceOptions, VirtioBlkDevice } from "../src/index.js";
 
 export interface Part {

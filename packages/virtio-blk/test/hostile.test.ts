@@ -8,8 +8,8 @@ import {
   VIRTQ_DESC_F_INDIRECT,
   VIRTQ_DESC_F_NEXT,
   VIRTQ_DESC_F_WRITE,
-  writeDescriptor,
 } from "@tskvm/virtio";
+import { writeDescriptor } from "@tskvm/virtio/testing";
 import { afterEach, describe, expect, it } from "vitest";
 import {
   BlkConfigOffset,

@@ -6,18 +6,20 @@ import { readFileSync } from "node:fs";
 import { openDiskImage } from "@tskvm/disk-image";
 import {
   type GuestMemoryAccess,
-  InterruptRecorder,
-  MmioDriverTransport,
-  PciDriverTransport,
   PlainGuestMemory,
   VIRTIO_F_EVENT_IDX,
   VIRTIO_F_VERSION_1,
   VIRTQ_AVAIL_F_NO_INTERRUPT,
   VIRTQ_USED_F_NO_NOTIFY,
-  VirtioDriverSimulator,
   VirtioMmioTransport,
   VirtioPciTransport,
 } from "@tskvm/virtio";
+import {
+  InterruptRecorder,
+  MmioDriverTransport,
+  PciDriverTransport,
+  VirtioDriverSimulator,
+} from "@tskvm/virtio/testing";
 import { afterEach, describe, expect, it } from "vitest";
 import { VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VirtioBlkDevice } from "../src/index.js";
 import { BlkTestDriver, blkRig, header, type Part, pattern, sameBytes, splitSizes } from "./driver.js";

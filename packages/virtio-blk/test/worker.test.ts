@@ -8,16 +8,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Worker } from "node:worker_threads";
 import { DeviceChannel, EventFd, GuestMemory, GuestRegion, pollReadable } from "@tskvm/kvm-core";
+import { DeviceStatus, INTERRUPT_QUEUE, VIRTIO_PCI_VENDOR_ID, VirtioPciTransport } from "@tskvm/virtio";
 import {
-  DeviceStatus,
-  INTERRUPT_QUEUE,
   InterruptRecorder,
   MmioDriverTransport,
   PciDriverTransport,
-  VIRTIO_PCI_VENDOR_ID,
   VirtioDriverSimulator,
-  VirtioPciTransport,
-} from "@tskvm/virtio";
+} from "@tskvm/virtio/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   BLK_PCI_HANDLER_MODULE,

@@ -1,14 +1,9 @@
 // A virtio console as a guest driver sees it: the virtio driver simulator
-// brings the device up over virtio-pci in plain memory (no KVM), writes a line
-// to the host through transmitq0, reads the host's reply from receiveq0, and
-// sees the console resized.
-import {
-  createTestMemory,
-  InterruptRecorder,
-  PciDriverTransport,
-  VirtioDriverSimulator,
-  VirtioPciTransport,
-} from "@tskvm/virtio";
+// (from @tskvm/virtio/testing) brings the device up over virtio-pci in plain
+// memory (no KVM), writes a line to the host through transmitq0, reads the
+// host's reply from receiveq0, and sees the console resized.
+import { createTestMemory, VirtioPciTransport } from "@tskvm/virtio";
+import { InterruptRecorder, PciDriverTransport, VirtioDriverSimulator } from "@tskvm/virtio/testing";
 import { CONSOLE_RECEIVEQ, CONSOLE_TRANSMITQ, VirtioConsoleDevice } from "@tskvm/virtio-console";
 
 const memory = createTestMemory(1 << 20); // 1 MiB of "guest RAM" at address 0

@@ -3,13 +3,15 @@
 import {
   createTestMemory,
   type GuestMemoryAccess,
+  VirtioMmioTransport,
+  VirtioPciTransport,
+} from "@tskvm/virtio";
+import {
   InterruptRecorder,
   MmioDriverTransport,
   PciDriverTransport,
   VirtioDriverSimulator,
-  VirtioMmioTransport,
-  VirtioPciTransport,
-} from "@tskvm/virtio";
+} from "@tskvm/virtio/testing";
 import { VirtioConsoleDevice, type VirtioConsoleDeviceOptions } from "../src/index.js";
 
 export interface ConsoleRig {

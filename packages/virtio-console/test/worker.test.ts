@@ -3,7 +3,7 @@
 // would), and the host side through a ConsoleLink: output, input, resize,
 // and output bigger than the link's ring (the worker waits for the host).
 import { DeviceChannel, GuestMemory, GuestRegion } from "@tskvm/kvm-core";
-import { PciDriverTransport, VirtioDriverSimulator } from "@tskvm/virtio";
+import { PciDriverTransport, VirtioDriverSimulator } from "@tskvm/virtio/testing";
 import { ChannelPciFunction, type DeviceWorkerHandle, startDeviceWorker } from "@tskvm/virtio-worker";
 import { afterAll, describe, expect, it } from "vitest";
 import {

@@ -1,13 +1,9 @@
 // Reads 64 random bytes from a virtio-rng device, as a guest driver would:
-// the virtio driver simulator brings the device up over virtio-pci in plain
-// memory (no KVM) and posts one 64-byte device-writable buffer.
-import {
-  createTestMemory,
-  InterruptRecorder,
-  PciDriverTransport,
-  VirtioDriverSimulator,
-  VirtioPciTransport,
-} from "@tskvm/virtio";
+// the virtio driver simulator (from @tskvm/virtio/testing) brings the device
+// up over virtio-pci in plain memory (no KVM) and posts one 64-byte
+// device-writable buffer.
+import { createTestMemory, VirtioPciTransport } from "@tskvm/virtio";
+import { InterruptRecorder, PciDriverTransport, VirtioDriverSimulator } from "@tskvm/virtio/testing";
 import { VirtioRngDevice } from "@tskvm/virtio-rng";
 
 const memory = createTestMemory(1 << 20); // 1 MiB of "guest RAM" at address 0

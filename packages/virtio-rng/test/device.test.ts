@@ -1,10 +1,7 @@
 import { deflateSync } from "node:zlib";
 import {
   DeviceStatus,
-  InterruptRecorder,
-  mockSplitQueue,
   NO_VECTOR,
-  PciDriverTransport,
   PlainGuestMemory,
   Queue,
   VIRTIO_F_EVENT_IDX,
@@ -16,10 +13,15 @@ import {
   VIRTQ_DESC_F_WRITE,
   VIRTQ_USED_F_NO_NOTIFY,
   VirtioDeviceId,
-  VirtioDriverSimulator,
   VirtioPciTransport,
-  writeDescriptor,
 } from "@tskvm/virtio";
+import {
+  InterruptRecorder,
+  mockSplitQueue,
+  PciDriverTransport,
+  VirtioDriverSimulator,
+  writeDescriptor,
+} from "@tskvm/virtio/testing";
 import { describe, expect, it } from "vitest";
 import { FILL_CHUNK, TokenBucket, VirtioRngDevice } from "../src/index.js";
 import { checkChain, type Part, type RigOptions, rngRig, writableRanges } from "./rig.js";

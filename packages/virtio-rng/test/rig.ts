@@ -3,21 +3,23 @@
 // guest bytes the device wrote (and writes a known stream there), and a
 // chain builder that surrounds every buffer with guard bytes.
 import {
-  type GuestAllocator,
   type GuestMemoryAccess,
-  InterruptRecorder,
-  MmioDriverTransport,
-  PciDriverTransport,
   PlainGuestMemory,
-  type SimQueue,
   VIRTQ_DESC_F_INDIRECT,
   VIRTQ_DESC_F_NEXT,
   VIRTQ_DESC_F_WRITE,
-  VirtioDriverSimulator,
   VirtioMmioTransport,
   VirtioPciTransport,
-  writeDescriptor,
 } from "@tskvm/virtio";
+import {
+  type GuestAllocator,
+  InterruptRecorder,
+  MmioDriverTransport,
+  PciDriverTransport,
+  type SimQueue,
+  VirtioDriverSimulator,
+  writeDescriptor,
+} from "@tskvm/virtio/testing";
 import { VirtioRngDevice, type VirtioRngDeviceOptions } from "../src/index.js";
 
 /** What an untouched writable buffer holds. */

@@ -4,13 +4,8 @@
 import { randomFillSync } from "node:crypto";
 import { isMainThread } from "node:worker_threads";
 import { DeviceChannel, GuestMemory, GuestRegion } from "@tskvm/kvm-core";
-import {
-  type ActivateContext,
-  PciDriverTransport,
-  type VirtioDevice,
-  VirtioDeviceId,
-  VirtioDriverSimulator,
-} from "@tskvm/virtio";
+import { type ActivateContext, type VirtioDevice, VirtioDeviceId } from "@tskvm/virtio";
+import { PciDriverTransport, VirtioDriverSimulator } from "@tskvm/virtio/testing";
 import {
   ChannelPciFunction,
   defineDeviceModule,

@@ -4,7 +4,7 @@
 // the queue's notify eventfd as a doorbell would.
 import { DeviceChannel, GuestMemory, GuestRegion, type Vm } from "@tskvm/kvm-core";
 import type { GsiRouter, MachineDeviceContext } from "@tskvm/machine-x86";
-import { PciDriverTransport, VirtioDriverSimulator } from "@tskvm/virtio";
+import { PciDriverTransport, VirtioDriverSimulator } from "@tskvm/virtio/testing";
 import { afterAll, describe, expect, it } from "vitest";
 import { ChannelPciFunction, workerPciDevice } from "../dist/index.js";
 

@@ -3,7 +3,8 @@
 // queue notify eventfd written by the driver as KVM would on an ioeventfd.
 import { Worker } from "node:worker_threads";
 import { DeviceChannel, GuestMemory, GuestRegion } from "@tskvm/kvm-core";
-import { DeviceStatus, PciDriverTransport, VirtioDriverSimulator } from "@tskvm/virtio";
+import { DeviceStatus } from "@tskvm/virtio";
+import { PciDriverTransport, VirtioDriverSimulator } from "@tskvm/virtio/testing";
 import { afterAll, describe, expect, it } from "vitest";
 import {
   ChannelPciFunction,

@@ -1,13 +1,8 @@
 // Device-side hot path: pop a 3-buffer chain (blk-like: 16-byte header, 4 KiB data, 1-byte status),
 // read the header, hand out the data views, write the status, add_used, needsNotification.
 // Run after `pnpm build`: node bench/queue.mjs
-import {
-  createTestMemory,
-  Queue,
-  VIRTQ_DESC_F_NEXT,
-  VIRTQ_DESC_F_WRITE,
-  writeDescriptor,
-} from "../dist/index.js";
+import { createTestMemory, Queue, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from "../dist/index.js";
+import { writeDescriptor } from "../dist/testing.js";
 
 const SIZE = 256;
 const mem = createTestMemory(64 << 20);

@@ -2,8 +2,6 @@ export * from "./chain.js";
 export * from "./constants.js";
 export * from "./core.js";
 export * from "./device.js";
-export * from "./driver/simulator.js";
-export * from "./driver/transport.js";
 export * from "./errors.js";
 export * from "./interrupts.js";
 export * from "./memory.js";

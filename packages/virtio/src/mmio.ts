@@ -56,6 +56,16 @@ export interface VirtioMmioOptions {
 }
 
 /**
+ * Register access to one virtio-mmio window: {@link VirtioMmioTransport} has
+ * it. The driver simulator's `MmioDriverTransport` (`@tskvm/virtio/testing`)
+ * drives one.
+ */
+export interface MmioWindow {
+  read(offset: number, data: Uint8Array): void;
+  write(offset: number, data: Uint8Array): void;
+}
+
+/**
  * A virtio-mmio version 2 device (§4.2) as a register model over the same
  * {@link VirtioDevice} interface as PCI. A VMM's MMIO bus calls {@link read} /
  * {@link write} with offsets relative to {@link base}.

@@ -197,6 +197,19 @@ interface Bar {
 }
 
 /**
+ * Register access to one PCI function, as a bus gives it to a driver:
+ * {@link VirtioPciTransport} has it, and so does a channel to a device served
+ * elsewhere (a worker). The driver simulator's `PciDriverTransport`
+ * (`@tskvm/virtio/testing`) drives one.
+ */
+export interface PciFunction {
+  readConfig(offset: number, data: Uint8Array): void;
+  writeConfig(offset: number, data: Uint8Array): void;
+  readBar(bar: number, offset: number, data: Uint8Array): void;
+  writeBar(bar: number, offset: number, data: Uint8Array): void;
+}
+
+/**
  * A virtio-pci modern device (virtio 1.2 §4.1) as a pure register model: a PCI
  * type-0 configuration space with the virtio vendor capabilities and MSI-X,
  * and memory BARs holding the common config, ISR, device config, one doorbell

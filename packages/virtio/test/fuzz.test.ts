@@ -10,20 +10,26 @@ import {
   VirtioPciTransport,
   VirtqueueError,
   type VirtqueueErrorKind,
-  writeDescriptor,
 } from "../src/index.js";
+import { FuzzRng, fuzzCount, fuzzSeed, writeDescriptor } from "../src/testing.js";
 import { EchoDevice } from "./echo-device.js";
-import { fuzzSeed, Rng } from "./prng.js";
 
 /** `pnpm test` runs these counts; `pnpm fuzz` runs 100 times as many (VIRTIO_FUZZ_SCALE=100). */
-const SCALE = Number(process.env.VIRTIO_FUZZ_SCALE || 1);
+const SCALE = fuzzCount("VIRTIO_FUZZ_SCALE", 1);
 const ITERATIONS = 4000 * SCALE;
+
+/** The seed for a suite: VIRTIO_FUZZ_SEED if set, else `fallback`. Printed so a failure can be replayed. */
+function seedFor(name: string, fallback: number): number {
+  const seed = fuzzSeed("VIRTIO_FUZZ_SEED", fallback);
+  console.log(`[${name}] seed ${seed} (replay with VIRTIO_FUZZ_SEED=${seed})`);
+  return seed;
+}
 
 /**
  * RAM: [0, 64 KiB) and [96 KiB, 128 KiB), a hole between; with `big`, also
  * [1 MiB, 2 MiB) (room for chains that add up to more than 4 GiB).
  */
-function fuzzMemory(r: Rng, big = false): PlainGuestMemory {
+function fuzzMemory(r: FuzzRng, big = false): PlainGuestMemory {
   const regions = [
     { address: 0, size: 0x10000 },
     { address: 0x18000, size: 0x8000 },
@@ -34,7 +40,7 @@ function fuzzMemory(r: Rng, big = false): PlainGuestMemory {
   });
 }
 
-function randomAddress(r: Rng): number | bigint {
+function randomAddress(r: FuzzRng): number | bigint {
   switch (r.int(8)) {
     case 0:
       return r.int(0x20000); // anywhere, holes included
@@ -51,7 +57,7 @@ function randomAddress(r: Rng): number | bigint {
   }
 }
 
-function randomLength(r: Rng): number {
+function randomLength(r: FuzzRng): number {
   switch (r.int(7)) {
     case 0:
       return 0;
@@ -66,7 +72,7 @@ function randomLength(r: Rng): number {
   }
 }
 
-function randomDescriptor(r: Rng, size: number) {
+function randomDescriptor(r: FuzzRng, size: number) {
   const flags = r.chance(0.1)
     ? r.int(0x10000)
     : (r.chance(0.6) ? VIRTQ_DESC_F_NEXT : 0) |
@@ -75,7 +81,7 @@ function randomDescriptor(r: Rng, size: number) {
   return { address: randomAddress(r), length: randomLength(r), flags, next: r.int(size + 3) };
 }
 
-function ringAddress(r: Rng, valid: number, align: number): number {
+function ringAddress(r: FuzzRng, valid: number, align: number): number {
   if (r.chance(0.9)) return valid;
   return r.pick([0x10000 - align, 0x20000, 0x1_0000_0000, valid + 1, 2 ** 60, -align, 0x1fff0]);
 }
@@ -84,8 +90,8 @@ describe("fuzz: random descriptor tables and rings", () => {
   it(
     `${ITERATIONS} malformed queues: only typed errors, no access outside RAM, always terminates`,
     async () => {
-      const seed = fuzzSeed("virtqueue fuzz", 0x5eed_0001);
-      const r = new Rng(seed);
+      const seed = seedFor("virtqueue fuzz", 0x5eed_0001);
+      const r = new FuzzRng(seed);
       const kinds = new Map<VirtqueueErrorKind, number>();
       let chainsOk = 0;
       const count = (e: unknown, iteration: number): VirtqueueError => {
@@ -240,8 +246,8 @@ describe("fuzz: random register traffic against both transports", () => {
   it.each(["pci", "mmio"] as const)(
     "%s: any guest access sequence is handled without an exception",
     async (kind) => {
-      const seed = fuzzSeed(`${kind} register fuzz`, kind === "pci" ? 0x5eed_0002 : 0x5eed_0003);
-      const r = new Rng(seed);
+      const seed = seedFor(`${kind} register fuzz`, kind === "pci" ? 0x5eed_0002 : 0x5eed_0003);
+      const r = new FuzzRng(seed);
       const statuses = new Set<number>();
       let activations = 0;
       let served = 0;

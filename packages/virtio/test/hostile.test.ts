@@ -15,7 +15,6 @@ import {
   InvalidRingAddressError,
   InvalidRingAlignmentError,
   InvalidUsedElementError,
-  mockSplitQueue,
   VIRTQ_DESC_F_NEXT as NEXT,
   NestedIndirectDescriptorError,
   PlainGuestMemory,
@@ -24,6 +23,7 @@ import {
   type VirtqueueError,
   VIRTQ_DESC_F_WRITE as WRITE,
 } from "../src/index.js";
+import { mockSplitQueue } from "../src/testing.js";
 
 const MEM = 0x200000;
 

@@ -2,13 +2,13 @@ import { describe, expect, it } from "vitest";
 import {
   createTestMemory,
   type GuestMemoryAccess,
-  mockSplitQueue,
   needEvent,
   processQueue,
   Queue,
   VIRTQ_AVAIL_F_NO_INTERRUPT,
   VIRTQ_USED_F_NO_NOTIFY,
 } from "../src/index.js";
+import { mockSplitQueue } from "../src/testing.js";
 
 /**
  * The device's view of the memory, with a hook on its reads of `avail.idx`:

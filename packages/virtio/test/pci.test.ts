@@ -12,11 +12,11 @@ import {
   PCI_COMMAND_INTX_DISABLE,
   PCI_COMMAND_MEMORY,
   PciConfig,
-  parseVirtioPciCapabilities,
   VIRTIO_PCI_VENDOR_ID,
   VirtioPciCapType,
   VirtioPciTransport,
 } from "../src/index.js";
+import { parseVirtioPciCapabilities } from "../src/testing.js";
 import { EchoDevice } from "./echo-device.js";
 import { pciRig, RAM, text } from "./rigs.js";
 

@@ -1,7 +1,6 @@
 import { describe, expect, it } from "vitest";
 import {
   createTestMemory,
-  mockSplitQueue,
   needEvent,
   PlainGuestMemory,
   Queue,
@@ -10,6 +9,7 @@ import {
   VIRTQ_DESC_F_WRITE,
   VIRTQ_USED_F_NO_NOTIFY,
 } from "../src/index.js";
+import { mockSplitQueue } from "../src/testing.js";
 
 const bytes = (...v: number[]): Uint8Array => Uint8Array.from(v);
 const text = (s: string): Uint8Array => new TextEncoder().encode(s);

@@ -1,17 +1,19 @@
 import {
   createTestMemory,
-  InterruptRecorder,
-  MmioDriverTransport,
   type MsiMessage,
-  PciDriverTransport,
   type PlainGuestMemory,
   type QueueNotifyRegion,
   type VirtioDevice,
-  VirtioDriverSimulator,
   VirtioMmioTransport,
   type VirtioPciOptions,
   VirtioPciTransport,
 } from "../src/index.js";
+import {
+  InterruptRecorder,
+  MmioDriverTransport,
+  PciDriverTransport,
+  VirtioDriverSimulator,
+} from "../src/testing.js";
 import { EchoDevice } from "./echo-device.js";
 
 export const RAM = 0x400000;

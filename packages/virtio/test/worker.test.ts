@@ -6,7 +6,8 @@ import { join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { Worker } from "node:worker_threads";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createTestMemory, mockSplitQueue, Queue, type QueueState } from "../src/index.js";
+import { createTestMemory, Queue, type QueueState } from "../src/index.js";
+import { mockSplitQueue } from "../src/testing.js";
 
 // The worker runs plain JS, so compile the package to a temporary directory first
 // (independent of dist/, so the test needs no prior build).

@@ -1,5 +1,5 @@
 import { NO_VECTOR } from "../constants.js";
-import { MmioReg, VIRTIO_MMIO_MAGIC } from "../mmio.js";
+import { MmioReg, type MmioWindow, VIRTIO_MMIO_MAGIC } from "../mmio.js";
 import {
   CommonCfg,
   MSIX_ENABLE,
@@ -10,6 +10,7 @@ import {
   PCI_COMMAND_MEMORY,
   PCI_STATUS_CAP_LIST,
   PciConfig,
+  type PciFunction,
   VIRTIO_PCI_DEVICE_ID_BASE,
   VIRTIO_PCI_VENDOR_ID,
   VirtioPciCapType,
@@ -48,20 +49,6 @@ export interface DriverTransport {
   configGeneration(): number;
   /** Reads (and for PCI clears) the ISR / InterruptStatus, acknowledging it on MMIO. */
   takeInterruptStatus(): number;
-}
-
-/** Register access to one PCI function, as a bus would give a driver. {@link VirtioPciTransport} has it. */
-export interface PciFunction {
-  readConfig(offset: number, data: Uint8Array): void;
-  writeConfig(offset: number, data: Uint8Array): void;
-  readBar(bar: number, offset: number, data: Uint8Array): void;
-  writeBar(bar: number, offset: number, data: Uint8Array): void;
-}
-
-/** Register access to one virtio-mmio window. {@link VirtioMmioTransport} has it. */
-export interface MmioWindow {
-  read(offset: number, data: Uint8Array): void;
-  write(offset: number, data: Uint8Array): void;
 }
 
 function leRead(b: Uint8Array): number {
