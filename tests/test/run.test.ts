@@ -76,9 +76,9 @@ describe(`tskvm run boots Linux (${target.kind})`, () => {
     console.log(`--rng: 1 MiB of /dev/hwrng, boot to power-off ${r.ms} ms`);
   });
 
-  it("--console virtio --rng: the command runs on hvc0 and echoes a line the host sends through stdin", () => {
+  it("--console virtio --rng -d: hvc0 echoes host input; /dev/hwrng and the disk work in the same boot", () => {
     const r = get(
-      "--console virtio --rng: the command runs on hvc0 and echoes a line the host sends through stdin",
+      "--console virtio --rng -d: the command runs on hvc0, echoes a line the host sends through stdin, reads /dev/hwrng and the disk",
     );
     expect(r.code, `${r.stderr}\n${r.stdout}`).toBe(0);
     expect(r.stdout).toContain("console=ttyS0"); // the serial port still shows the boot
@@ -88,6 +88,12 @@ describe(`tskvm run boots Linux (${target.kind})`, () => {
     expect(out?.output).toContain("STDIN=/dev/hvc0 STDOUT=/dev/hvc0");
     expect(out?.output).toContain("READY-FOR-INPUT");
     expect(out?.output).toMatch(/^GOT=hello-from-host$/m); // sent through tskvm's stdin (a pipe)
+    expect(out?.output).toMatch(/^RNG=virtio_rng\.0$/m);
+    expect(out?.output).toMatch(/^BYTES=1048576$/m);
+    expect(Number(/^GZIP=(\d+)$/m.exec(String(out?.output))?.[1])).toBeGreaterThanOrEqual(1048576);
+    expect(out?.output).toMatch(/^DISK5=host-block-5$/m);
+    expect(out?.output).toMatch(/^DISKW=0$/m);
+    expect(r.block3).toBe("guest-block-3");
     expect(r.stderr).toMatch(/powered off/);
     console.log(`--console virtio: a line through hvc0 and back, boot to power-off ${r.ms} ms`);
   });
