@@ -127,6 +127,7 @@ describe(`tskvm run boots Linux (${target.kind})`, () => {
     ["SIGINT", 130],
     ["SIGHUP", 129],
     ["escape", 130],
+    ["escape (--console virtio)", 130],
   ])("the terminal is raw while the guest runs and restored after %s (exit %i)", (how, code) => {
     const r = get(`terminal restored after ${how}`) as R & {
       seen: boolean;

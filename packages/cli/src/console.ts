@@ -4,7 +4,12 @@
 // (or a pipe) with backpressure, the terminal's size at start and on SIGWINCH.
 import { Writable } from "node:stream";
 import type { MachinePciDeviceFactory } from "@tskvm/machine-x86";
-import { CONSOLE_DEVICE_MODULE, CONSOLE_QUEUES, ConsoleLink } from "@tskvm/virtio-console";
+import {
+  CONSOLE_DEVICE_MODULE,
+  CONSOLE_QUEUES,
+  ConsoleLink,
+  type ConsoleTerminalData,
+} from "@tskvm/virtio-console";
 import { type SharedDeviceWorker, workerPciDevice } from "@tskvm/virtio-worker";
 import { UsageError } from "./command.js";
 
@@ -36,12 +41,24 @@ export class VirtioConsole {
   #stopOutput: (() => void) | undefined;
   #stopped = false;
   #wakeInput: (() => void) | undefined;
+  #stopQuit: (() => void) | undefined;
 
-  constructor(options: { thread?: SharedDeviceWorker; size?: { cols: number; rows: number } } = {}) {
+  /**
+   * `terminal`: the device's worker reads and writes these fds itself (no hop through this
+   * thread for a keystroke or its echo); else input goes through {@link input} and output
+   * through {@link pipeOutput}.
+   */
+  constructor(
+    options: {
+      thread?: SharedDeviceWorker;
+      size?: { cols: number; rows: number };
+      terminal?: ConsoleTerminalData;
+    } = {},
+  ) {
     this.link = new ConsoleLink(options.size ?? { cols: 80, rows: 25 });
     this.device = workerPciDevice({
       module: CONSOLE_DEVICE_MODULE,
-      data: { ...this.link.data },
+      data: { ...this.link.data, ...(options.terminal ? { terminal: options.terminal } : {}) },
       queues: CONSOLE_QUEUES,
       name: "console",
       ...(options.thread ? { thread: options.thread } : {}),
@@ -86,9 +103,16 @@ export class VirtioConsole {
     }
   }
 
+  /** Calls `onQuit` when the worker serving the terminal sees Ctrl-A x (until {@link stop}). */
+  watchQuit(onQuit: () => void): void {
+    this.#stopQuit ??= this.link.onQuit(onQuit);
+  }
+
   /** Stops reading output and drops input still waiting for room. */
   stop(): void {
     this.#stopped = true;
+    this.#stopQuit?.();
+    this.#stopQuit = undefined;
     this.#stopOutput?.();
     this.#stopOutput = undefined;
     this.#wakeInput?.();

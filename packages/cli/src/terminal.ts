@@ -1,32 +1,10 @@
 import type { Readable, Writable } from "node:stream";
 
-/** Ctrl-A: the escape key; `Ctrl-A x` quits, `Ctrl-A Ctrl-A` sends one Ctrl-A (as in QEMU and kvmtool). */
-export const ESCAPE_KEY = 0x01;
-export const QUIT_KEY = 0x78; // 'x'
+// The escape sequence (Ctrl-A x quits, Ctrl-A Ctrl-A sends one Ctrl-A) is the virtio console's
+// too, whose worker filters a terminal it reads itself: one implementation, there.
+import { EscapeFilter } from "@tskvm/virtio-console";
 
-/**
- * Feeds keyboard bytes to the guest, filtering the escape sequence out.
- * Returns the bytes for the guest and whether the user asked to quit.
- */
-export class EscapeFilter {
-  #pending = false;
-
-  push(input: Uint8Array): { forward: Uint8Array; quit: boolean } {
-    const out: number[] = [];
-    for (const b of input) {
-      if (this.#pending) {
-        this.#pending = false;
-        if (b === QUIT_KEY || b === 0x58) return { forward: Uint8Array.from(out), quit: true };
-        if (b === ESCAPE_KEY) out.push(ESCAPE_KEY);
-        // Any other key after Ctrl-A is dropped, like QEMU's unknown escapes.
-        continue;
-      }
-      if (b === ESCAPE_KEY) this.#pending = true;
-      else out.push(b);
-    }
-    return { forward: Uint8Array.from(out), quit: false };
-  }
-}
+export { ESCAPE_KEY, EscapeFilter, QUIT_KEY } from "@tskvm/virtio-console";
 
 interface TtyInput extends Readable {
   isTTY?: boolean;
@@ -78,6 +56,17 @@ export class ConsoleTerminal {
     this.#onData = onData;
     this.#stdin.on("data", this.#onData);
     this.#stdin.resume();
+  }
+
+  /**
+   * Raw mode only, for a console device that reads the terminal itself (the virtio console's
+   * worker, which also takes the escape sequence out).
+   */
+  rawOnly(): void {
+    if (this.isTty && this.#stdin.setRawMode) {
+      this.#stdin.setRawMode(true);
+      this.#raw = true;
+    }
   }
 
   /** Leaves raw mode and stops reading the terminal. */

@@ -1,5 +1,6 @@
 export * from "./device.js";
-export type { ConsoleModuleData } from "./entry.js";
+export type { ConsoleModuleData, ConsoleTerminalData } from "./entry.js";
+export * from "./escape.js";
 export * from "./link.js";
 
 /** URL of virtio-console's device module (for `@tskvm/virtio-worker`'s `startDeviceWorker` / `workerPciDevice`). */

@@ -18,6 +18,7 @@ const H = {
   OUT_BLOCKED: 7, // 1: the worker stopped serving output for lack of room
   OUT_CAP: 8,
   IN_CAP: 9,
+  QUIT: 10, // 1: the user typed the quit sequence (a device serving a terminal itself)
 } as const;
 const HEADER = 64;
 
@@ -122,6 +123,12 @@ export class ConsoleLinkWorkerSide {
 
   set outputBlocked(v: boolean) {
     Atomics.store(this.#ctl, H.OUT_BLOCKED, v ? 1 : 0);
+  }
+
+  /** The user typed the quit sequence on the terminal this worker reads (see {@link ConsoleLink.onQuit}). */
+  requestQuit(): void {
+    Atomics.store(this.#ctl, H.QUIT, 1);
+    Atomics.notify(this.#ctl, H.QUIT);
   }
 }
 
@@ -229,6 +236,29 @@ export class ConsoleLink {
     return () => {
       stopped = true;
       this.#reading = false;
+    };
+  }
+
+  /**
+   * Calls `cb` once if the worker serving a terminal itself (the module's `terminal` with
+   * `escape`) sees the quit sequence; stop waiting with the returned function (a waiter
+   * keeps the event loop alive).
+   */
+  onQuit(cb: () => void): () => void {
+    let stopped = false;
+    void (async () => {
+      while (!stopped) {
+        if (Atomics.load(this.#ctl, H.QUIT) !== 0) {
+          stopped = true;
+          cb();
+          return;
+        }
+        const w = waitAsync(this.#ctl, H.QUIT, 0, 1000);
+        if (w.async) await w.value;
+      }
+    })();
+    return () => {
+      stopped = true;
     };
   }
 

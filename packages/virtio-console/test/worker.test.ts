@@ -1,7 +1,21 @@
 // The console's device module served by @tskvm/virtio-worker in a worker
 // thread, a driver on this thread (through the register channel, as vCPUs
 // would), and the host side through a ConsoleLink: output, input, resize,
-// and output bigger than the link's ring (the worker waits for the host).
+// and output bigger than the link's ring (the worker waits for the host); and a
+// terminal the worker serves itself (a FIFO for its input, a file for its output).
+import { execFileSync } from "node:child_process";
+import {
+  closeSync,
+  constants,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  readSync,
+  rmSync,
+  writeSync,
+} from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { DeviceChannel, GuestMemory, GuestRegion } from "@tskvm/kvm-core";
 import { PciDriverTransport, VirtioDriverSimulator } from "@tskvm/virtio/testing";
 import { ChannelPciFunction, type DeviceWorkerHandle, startDeviceWorker } from "@tskvm/virtio-worker";
@@ -27,7 +41,10 @@ async function until(what: string, f: () => boolean, ms = 5000): Promise<void> {
   }
 }
 
-async function start(link: ConsoleLink): Promise<{
+async function start(
+  link: ConsoleLink,
+  extra: Record<string, unknown> = {},
+): Promise<{
   handle: DeviceWorkerHandle<Record<string, never>, ConsoleStats>;
   sim: VirtioDriverSimulator;
   channel: DeviceChannel;
@@ -35,7 +52,7 @@ async function start(link: ConsoleLink): Promise<{
   const channel = DeviceChannel.create();
   const handle = startDeviceWorker<Record<string, never>, ConsoleStats>({
     module: MODULE,
-    data: { ...link.data, queueSize: 64 },
+    data: { ...link.data, queueSize: 64, ...extra },
     queues: CONSOLE_QUEUES,
     name: "console",
     memory: memory.describe(),
@@ -113,6 +130,84 @@ describe("the console device module in a worker", () => {
       stop();
       await handle.stop();
       channel.close();
+    }
+  });
+
+  it("a terminal served by the worker itself: input read when readable, Ctrl-A x flagged, output written", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "tskvm-console-term-"));
+    const fifo = join(dir, "in");
+    execFileSync("mkfifo", [fifo]);
+    // O_RDWR: the FIFO opens without a writer on the other side; non-blocking like a libuv-owned tty.
+    const inFd = openSync(fifo, constants.O_RDWR | constants.O_NONBLOCK);
+    const outPath = join(dir, "out");
+    const outFd = openSync(outPath, "w");
+    const link = new ConsoleLink();
+    const { handle, sim, channel } = await start(link, { terminal: { inFd, outFd, escape: true } });
+    let quit = 0;
+    const stopQuit = link.onQuit(() => quit++);
+    try {
+      const rx = sim.queue(CONSOLE_RECEIVEQ);
+      rx.submit({ writable: [64] });
+      rx.kick();
+      // Ctrl-A Ctrl-A is one Ctrl-A for the guest; Ctrl-A x is taken out and flagged.
+      writeSync(inFd, Buffer.from("typed\x01\x01!\x01x"));
+      const [used] = await rx.waitUsed(1);
+      expect(Buffer.from(used!.written)).toEqual(Buffer.from("typed\x01!"));
+      await until("the quit flag", () => quit === 1);
+
+      const tx = sim.queue(CONSOLE_TRANSMITQ);
+      tx.submit({ readable: [Buffer.from("to the "), Buffer.from("terminal\n")] });
+      tx.kick();
+      await tx.waitUsed(1);
+      await until("the output in the file", () => readFileSync(outPath, "utf8") === "to the terminal\n");
+      expect(link.outputAvailable).toBe(0); // nothing went through the link's ring
+    } finally {
+      stopQuit();
+      await handle.stop();
+      channel.close();
+      closeSync(inFd);
+      closeSync(outFd);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("a terminal that does not take output at once (a full pipe: EAGAIN) gets all of it, in order", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "tskvm-console-term-"));
+    const fifo = join(dir, "out");
+    execFileSync("mkfifo", [fifo]);
+    const outFd = openSync(fifo, constants.O_RDWR | constants.O_NONBLOCK);
+    const link = new ConsoleLink();
+    const { handle, sim, channel } = await start(link, { terminal: { outFd } });
+    try {
+      const all = new Uint8Array(400_000); // several times a pipe's 64 KiB
+      for (let i = 0; i < all.length; i++) all[i] = (i * 7 + (i >> 9)) & 0xff;
+      const tx = sim.queue(CONSOLE_TRANSMITQ);
+      for (let at = 0; at < all.length; at += 20_000)
+        tx.submit({ readable: [all.subarray(at, at + 20_000)] });
+      tx.kick();
+      const got: Buffer[] = [];
+      let total = 0;
+      const chunk = Buffer.alloc(65536);
+      const end = Date.now() + 15_000;
+      while (total < all.length && Date.now() < end) {
+        let n = 0;
+        try {
+          n = readSync(outFd, chunk, 0, chunk.length, null);
+        } catch (e) {
+          if ((e as { code?: string }).code !== "EAGAIN") throw e;
+        }
+        if (n > 0) {
+          got.push(Buffer.from(chunk.subarray(0, n)));
+          total += n;
+        } else await new Promise((r) => setTimeout(r, 2));
+      }
+      expect(Buffer.concat(got)).toEqual(Buffer.from(all));
+      await tx.waitUsed(20);
+    } finally {
+      await handle.stop();
+      channel.close();
+      closeSync(outFd);
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });

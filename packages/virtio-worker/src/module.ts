@@ -38,6 +38,17 @@ export interface ServedDevice<Info = unknown, Stats = unknown> {
   serveQueue(index: number, budget: ServeBudget): ServeResult;
   /** Chains available and not yet taken on queue `index` (for adaptive polling; optional). */
   pendingRequests?(index: number): number;
+  /**
+   * Host fds the device reads itself (e.g. the terminal a console serves), polled by the loop
+   * beside the queue notifications. Asked again each round: leave an fd out while the device
+   * cannot take its data (no busy loop on an fd that stays readable) or once it hit end of file.
+   */
+  hostFds?(): readonly number[];
+  /**
+   * `fd`, one of {@link hostFds}, is readable: read it. To have a queue served this round,
+   * call `device.queueNotify(index)`. Should not throw (the runtime's guard is the backstop).
+   */
+  hostFdReadable?(fd: number): void;
   /** Requests answered so far (the handle's `completed` counter). */
   readonly served: number;
   /** Plain data for the ready message (e.g. the disk's size and the configuration). */

@@ -109,8 +109,10 @@ class Slot {
   readonly pending: boolean[];
   /** Per queue: when a throttled queue is due again (performance.now() ms), or 0. */
   readonly #retryAt: number[];
-  /** This slot's fds, in poll order: control, channel?, resample?, notify per queue. */
-  readonly fds: number[];
+  /** This slot's own fds, in poll order: control, channel?, resample?, notify per queue. */
+  readonly #fds: number[];
+  /** The device's host fds as last polled (after {@link #fds}). */
+  #polledHost: readonly number[] = [];
   #remoteQueues: ActiveQueue[] = [];
   #remoteBroken = false;
   #guardReported = false;
@@ -171,10 +173,20 @@ class Slot {
     } else if (d.transport === "mmio") {
       this.#mmio = new VirtioMmioTransport({ device, memory, base: d.mmioBase ?? 0, irq: line, hooks });
     }
-    this.fds = [this.#control.fd];
-    if (this.#channel) this.fds.push(this.#channel.doorbell.fd);
-    if (this.#resample) this.fds.push(this.#resample.fd);
-    for (const n of this.#notify) this.fds.push(n.fd);
+    this.#fds = [this.#control.fd];
+    if (this.#channel) this.#fds.push(this.#channel.doorbell.fd);
+    if (this.#resample) this.#fds.push(this.#resample.fd);
+    for (const n of this.#notify) this.#fds.push(n.fd);
+  }
+
+  /** The fds to poll this round: the slot's own, then the device's host fds (taken once per round). */
+  pollFds(): number[] {
+    let host: readonly number[] = [];
+    this.#guard(() => {
+      host = this.served.hostFds?.() ?? [];
+    });
+    this.#polledHost = host;
+    return [...this.#fds, ...host];
   }
 
   post(e: WorkerEvent): void {
@@ -243,6 +255,12 @@ class Slot {
         this.pending[i] = true;
       }
     }
+    // The device's host fds (after the notify fds): it reads them and marks the queues to serve.
+    for (let k = 0; k < this.#polledHost.length; k++)
+      if (readable[at + this.#notify.length + k]) {
+        const fd = this.#polledHost[k]!;
+        this.#guard(() => this.served.hostFdReadable?.(fd));
+      }
     for (let i = 0; i < this.#notify.length; i++) {
       if (!this.pending[i]) continue;
       this.pending[i] = false;
@@ -474,7 +492,10 @@ async function main(): Promise<void> {
     // A shared worker lives until its owner closes it; a worker of its own, until its device stops.
     if (inbox ? closing && slots.length === 0 : slots.length === 0) break;
     const fds: number[] = inbox ? [inbox.efd.fd] : [];
-    for (const s of slots) fds.push(...s.fds);
+    // The slots as polled (one added from the inbox below joins the next round).
+    const polled = [...slots];
+    const slotFds = polled.map((s) => s.pollFds());
+    for (const f of slotFds) fds.push(...f);
     const now = performance.now();
     let timeout = data.pollTimeoutMs;
     for (const s of slots) timeout = Math.min(timeout, s.timeout(data.pollTimeoutMs, spinMs, now));
@@ -492,9 +513,9 @@ async function main(): Promise<void> {
         }
       }
     }
-    for (const s of [...slots]) {
-      const part = readable.slice(at, at + s.fds.length);
-      at += s.fds.length;
+    for (const [k, s] of polled.entries()) {
+      const part = readable.slice(at, at + slotFds[k]!.length);
+      at += slotFds[k]!.length;
       if (s.stopping) {
         s.finish();
         slots.splice(slots.indexOf(s), 1);

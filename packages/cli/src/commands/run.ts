@@ -188,7 +188,6 @@ async function runMachine(m: Machine, io: Io, hvc?: VirtioConsole): Promise<numb
   if (hvc) process.stdout.on("resize", onResize);
   try {
     m.console.output.on("data", (b: Buffer) => process.stdout.write(b));
-    hvc?.pipeOutput((b) => process.stdout.write(b));
     try {
       await m.start();
     } catch (e) {
@@ -196,16 +195,19 @@ async function runMachine(m: Machine, io: Io, hvc?: VirtioConsole): Promise<numb
       io.stderr(`tskvm: ${(e as Error).message}\n`);
       return ExitCode.error;
     }
-    if (!failed && !signal)
-      term.attach(
-        hvc ? hvc.input() : m.console.input,
-        () => {
-          if (signal || failed) return;
-          signal = "SIGINT";
-          stopWithin(STOP_GRACE_MS);
-        },
-        { backpressure: hvc !== undefined },
-      );
+    const onQuit = () => {
+      if (signal || failed) return;
+      signal = "SIGINT";
+      stopWithin(STOP_GRACE_MS);
+    };
+    // The virtio console's worker reads and writes the terminal itself (and sees Ctrl-A x);
+    // the serial console's input goes through this thread.
+    if (!failed && !signal) {
+      if (hvc) {
+        term.rawOnly();
+        hvc.watchQuit(onQuit);
+      } else term.attach(m.console.input, onQuit);
+    }
     const exit = await m.exited;
     restore();
     if (failed) {
@@ -263,7 +265,12 @@ export const run: Command = {
     const slowDevices = new SharedDeviceWorker({ name: "tskvm-slow-devices" });
     const hvc =
       consoleKind === "virtio"
-        ? new VirtioConsole({ thread: slowDevices, size: terminalSize(process.stdout) })
+        ? new VirtioConsole({
+            thread: slowDevices,
+            size: terminalSize(process.stdout),
+            // Its worker reads stdin and writes stdout itself; Ctrl-A x only from a terminal.
+            terminal: { inFd: 0, outFd: 1, escape: process.stdin.isTTY === true },
+          })
         : undefined;
     // The last console= is /dev/console: hvc0 after the default console=ttyS0.
     const cmdline = [hvc ? "console=hvc0" : undefined, values.params]
