@@ -6,7 +6,7 @@
 // line per (run, format, VMM). peakRssKiB is the VMM process's VmHWM (for tskvm the
 // node process), polled while it runs; the last value read before it exited.
 //
-//   node blk-in-guest.mjs KERNEL INITRD [FORMATS=raw[,qcow2]] [SECONDS=3] [VMMS=tskvm,qemu,qemu-iothread] [RUNS=1]
+//   node blk-in-guest.mjs KERNEL INITRD [FORMATS=raw[,qcow2]] [SECONDS=3] [VMMS=tskvm,kvmtool,qemu,qemu-iothread] [RUNS=1] [LKVM|-]
 //
 // Images live on $SANDBOX_WORK (a tmpfs in the sandbox; else a temp dir), 256 MiB,
 // filled with non-zero data first so reads read data: raw by writing it, qcow2 by
@@ -14,7 +14,7 @@
 // VMMs of one format use the same image file.
 import { spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from "node:fs";
+import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -26,9 +26,10 @@ const [
   secondsArg = "3",
   vmmsArg = "tskvm,qemu,qemu-iothread",
   runsArg = "1",
+  lkvm = "-",
 ] = process.argv.slice(2);
 if (!kernel || !initrd) {
-  console.error("usage: blk-in-guest.mjs KERNEL INITRD [FORMATS] [SECONDS] [VMMS] [RUNS]");
+  console.error("usage: blk-in-guest.mjs KERNEL INITRD [FORMATS] [SECONDS] [VMMS] [RUNS] [LKVM|-]");
   process.exit(2);
 }
 const formats = formatsArg.split(",").filter(Boolean);
@@ -114,6 +115,26 @@ function argvFor(vmm, image, format) {
       return qemu(false);
     case "qemu-iothread":
       return qemu(true);
+    case "kvmtool":
+      // Its guest has no ACPI power-off (noacpi): the kit ends with a reboot, which ends lkvm.
+      return [
+        lkvm,
+        "run",
+        "-k",
+        kernel,
+        "-i",
+        initrd,
+        "-m",
+        "256",
+        "-c",
+        "1",
+        "--network",
+        "mode=none",
+        "-p",
+        `${cmdParam} tskvm.reboot`,
+        "-d",
+        image,
+      ];
     case "tskvm":
       // tskvm probes the format itself.
       return [
@@ -155,7 +176,13 @@ function boot(argv) {
     let err = "";
     let peakRssKiB;
     let timedOut = false;
-    const p = spawn(argv[0], argv.slice(1), { stdio: ["ignore", "pipe", "pipe"] });
+    // kvmtool keeps its state (sockets) under $HOME/.lkvm: a writable one.
+    const home = join(work, "home");
+    mkdirSync(home, { recursive: true });
+    const p = spawn(argv[0], argv.slice(1), {
+      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, HOME: home },
+    });
     const poll = setInterval(() => {
       peakRssKiB = readHwmKiB(p.pid) ?? peakRssKiB;
     }, 200);
@@ -276,6 +303,16 @@ try {
   for (let run = 0; run < runs; run++) {
     for (const format of formats) {
       for (const vmm of vmms) {
+        if (vmm === "kvmtool" && (lkvm === "-" || format !== "raw")) {
+          if (run === 0) {
+            const why =
+              lkvm === "-"
+                ? "kvmtool was not built (see the bench's output)"
+                : "kvmtool: raw images only here";
+            emit({ format, vmm, run, ok: false, skipped: why, workloads: [] });
+          }
+          continue;
+        }
         if (vmm === "tskvm" && !hasDisk) {
           if (run === 0)
             emit({ format, vmm, run, ok: false, skipped: "tskvm run has no -d/--disk yet", workloads: [] });

@@ -6,7 +6,7 @@
 //   TSKVM_BENCH_BLK_RUNS=3 ...                           medians of 3 runs per VMM and format
 //
 // Environment: TSKVM_BENCH_BLK_FORMATS (raw; comma list of raw, qcow2), TSKVM_BENCH_BLK_SECONDS
-// (3, per workload), TSKVM_BENCH_BLK_VMMS (tskvm,qemu,qemu-iothread), TSKVM_BENCH_BLK_RUNS (1;
+// (3, per workload), TSKVM_BENCH_BLK_VMMS (tskvm,kvmtool,qemu,qemu-iothread), TSKVM_BENCH_BLK_RUNS (1;
 // more runs, round-robin, give medians: the sandbox is noisy), TSKVM_BENCH_BLK_JSON
 // (where the rows go; default bench/results/blk-DATE.json), TSKVM_E2E_TARGET (host|sandbox).
 //
@@ -18,28 +18,32 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { buildGuestKit } from "@tskvm/guest-kit";
 import { e2eTarget, runOnTarget } from "../dist/index.js";
-import { initrdWith } from "./tools.mjs";
+import { initrdWith, kvmtool } from "./tools.mjs";
 
 const formats = (process.env.TSKVM_BENCH_BLK_FORMATS ?? "raw").split(",").filter(Boolean);
 const seconds = Number(process.env.TSKVM_BENCH_BLK_SECONDS ?? 3);
 const runs = Number(process.env.TSKVM_BENCH_BLK_RUNS ?? 1);
-const vmms = (process.env.TSKVM_BENCH_BLK_VMMS ?? "tskvm,qemu,qemu-iothread").split(",").filter(Boolean);
+const vmms = (process.env.TSKVM_BENCH_BLK_VMMS ?? "tskvm,kvmtool,qemu,qemu-iothread")
+  .split(",")
+  .filter(Boolean);
 const here = dirname(fileURLToPath(import.meta.url));
 
 const kit = await buildGuestKit({ log: (line) => console.error(line) });
 const initrd = initrdWith(kit, ["blkbench"], "initrd-blk-");
+const peer = vmms.includes("kvmtool") ? kvmtool() : { missing: "not asked for" };
+if (peer.missing && vmms.includes("kvmtool")) console.error(`kvmtool: ${peer.missing}`);
 
 const target = e2eTarget();
 const script = join(here, "blk-in-guest.mjs");
 const perRunMs = 180_000 + 10_000 * seconds;
 const { results: rows, log } = await runOnTarget(
   script,
-  [kit.kernel, initrd, formats.join(","), String(seconds), vmms.join(","), String(runs)],
+  [kit.kernel, initrd, formats.join(","), String(seconds), vmms.join(","), String(runs), peer.lkvm ?? "-"],
   { timeoutMs: 5 * 60_000 + runs * formats.length * vmms.length * 2 * perRunMs },
 );
 
 const date = new Date().toISOString();
-const names = { tskvm: "tskvm", qemu: "QEMU", "qemu-iothread": "QEMU+iothread" };
+const names = { tskvm: "tskvm", kvmtool: "kvmtool", qemu: "QEMU", "qemu-iothread": "QEMU+iothread" };
 const label = (w) => `${w.workload} ${w.bs >= 1 << 20 ? `${w.bs >> 20}M` : `${w.bs >> 10}k`} qd${w.depth}`;
 const fmt = (x, digits) => (typeof x === "number" && Number.isFinite(x) ? x.toFixed(digits) : "—");
 const median = (xs) => {
