@@ -54,6 +54,15 @@ export interface ScenarioResult {
  * come in runs within one sandbox boot (machine-x86's README), so a retry in the same one
  * is not an independent second try. A scenario lost twice keeps its `lostBoot` and fails.
  */
+/**
+ * The longest {@link runOnTarget} may take with `timeoutMs` per target run: a sandbox run
+ * that stalls is retried once by the sandbox, and lost boots get one fresh run. A test hook
+ * around it needs at least this (the sandbox itself adds its boot, bounded separately).
+ */
+export function runOnTargetBudgetMs(timeoutMs: number): number {
+  return 3 * timeoutMs + 2 * 60_000;
+}
+
 export async function runOnTarget<T extends ScenarioResult>(
   script: string,
   args: readonly string[] = [],

@@ -5,11 +5,12 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { appendInitrd, buildGuestKit, buildToolsArchive } from "@tskvm/guest-kit";
 import { beforeAll, describe, expect, it } from "vitest";
-import { e2eTarget, runOnTarget } from "../src/index.js";
+import { e2eTarget, runOnTarget, runOnTargetBudgetMs } from "../src/index.js";
 
 const here = fileURLToPath(new URL(".", import.meta.url));
 const fixture = join(here, "../fixtures/disk-scenarios.mjs");
 const target = e2eTarget();
+const RUN_MS = 15 * 60_000;
 
 // biome-ignore lint/suspicious/noExplicitAny: scenario results are JSON from the guest run
 type Result = Record<string, any> & { name: string; error?: string };
@@ -38,10 +39,11 @@ describe(`tskvm run with disks (${target.kind})`, () => {
       buildToolsArchive({ tools: ["mkfs.ext4"] }),
       join(dir, "disk-test-initrd.gz"),
     );
-    const run = await runOnTarget<Result>(fixture, [kit.kernel, initrd], { timeoutMs: 30 * 60_000 });
+    // ~5 min in the sandbox; the hook allows a stalled sandbox's retry and a fresh run for lost boots.
+    const run = await runOnTarget<Result>(fixture, [kit.kernel, initrd], { timeoutMs: RUN_MS });
     log = run.log;
     for (const r of run.results) results.set(r.name, r);
-  }, 31 * 60_000);
+  }, runOnTargetBudgetMs(RUN_MS));
 
   it("three disks: O_DIRECT patterns, a read-only disk, a serial", () => {
     const r = get("three disks: O_DIRECT patterns, a read-only disk, a serial");

@@ -6,12 +6,13 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseGuestCommandOutput } from "@tskvm/guest-kit";
 import { beforeAll, describe, expect, it } from "vitest";
-import { e2eTarget, runOnTarget } from "../src/index.js";
+import { e2eTarget, runOnTarget, runOnTargetBudgetMs } from "../src/index.js";
 
 const root = fileURLToPath(new URL("../../", import.meta.url));
 const cli = join(root, "packages/cli/dist/main.js");
 const script = fileURLToPath(new URL("../fixtures/run-scenarios.mjs", import.meta.url));
 const target = e2eTarget();
+const RUN_MS = 15 * 60_000;
 
 type R = Record<string, unknown> & { name: string; code?: number; stdout?: string; stderr?: string };
 
@@ -39,10 +40,11 @@ describe(`tskvm run boots Linux (${target.kind})`, () => {
   let log = "";
   beforeAll(async () => {
     console.log(`e2e target: ${target.kind} — ${target.reason}`);
-    const run = await runOnTarget<R>(script, [], { timeoutMs: 20 * 60_000, cwd: root });
+    // ~7 min in the sandbox; the hook allows a stalled sandbox's retry and a fresh run for lost boots.
+    const run = await runOnTarget<R>(script, [], { timeoutMs: RUN_MS, cwd: root });
     log = run.log;
     for (const res of run.results) results.set(res.name, res);
-  });
+  }, runOnTargetBudgetMs(RUN_MS));
   const get = (name: string): R => {
     const r = results.get(name);
     expect(r, `no result for ${name}; output:\n${log.slice(-3000)}`).toBeDefined();
