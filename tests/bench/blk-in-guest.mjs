@@ -13,11 +13,11 @@
 // `qemu-img convert` of the filled raw image (so every cluster is allocated). All
 // VMMs of one format use the same image file.
 import { spawn, spawnSync } from "node:child_process";
-import { randomBytes } from "node:crypto";
-import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { fillRawImage, kvmtoolArgv, qemuArgv, tskvmArgv, vmmEnv } from "./vmms.mjs";
 
 const [
   kernel,
@@ -57,20 +57,6 @@ const cmd = `/blkbench -t ${seconds} /dev/vda`;
 // and is not what is measured.
 const cmdParam = `quiet tskvm.cmd64=${Buffer.from(cmd).toString("base64")}`;
 
-function makeRawImage(path) {
-  // Non-zero, varied data: one random MiB, its first 8 bytes rewritten per MiB.
-  const chunk = randomBytes(1 << 20);
-  const fd = openSync(path, "w");
-  try {
-    for (let i = 0; i < IMAGE_MIB; i++) {
-      chunk.writeUInt32LE(i, 0);
-      writeSync(fd, chunk, 0, chunk.length, i * chunk.length);
-    }
-  } finally {
-    closeSync(fd);
-  }
-}
-
 function sh(argv) {
   const r = spawnSync(argv[0], argv.slice(1), { encoding: "utf8" });
   if (r.status !== 0) throw new Error(`${argv.join(" ")}: exit ${r.status}: ${r.stderr}${r.error ?? ""}`);
@@ -83,77 +69,33 @@ function tskvmHasDisk() {
 }
 
 function argvFor(vmm, image, format) {
-  const qemu = (iothread) => [
-    "qemu-system-x86_64",
-    "-accel",
-    "kvm",
-    "-cpu",
-    "host",
-    "-m",
-    "256",
-    "-smp",
-    "1",
-    "-nographic",
-    "-no-reboot",
-    "-nodefaults",
-    "-serial",
-    "stdio",
-    "-kernel",
-    kernel,
-    "-initrd",
-    initrd,
-    "-append",
-    `console=ttyS0 panic=1 ${cmdParam}`,
-    "-drive",
-    `file=${image},if=none,id=d0,format=${format},cache=writeback,aio=threads`,
-    ...(iothread
-      ? ["-object", "iothread,id=io0", "-device", "virtio-blk-pci,drive=d0,iothread=io0"]
-      : ["-device", "virtio-blk-pci,drive=d0"]),
-  ];
+  const guest = { kernel, initrd, params: cmdParam };
+  const qemu = (iothread) =>
+    qemuArgv({
+      kernel,
+      initrd,
+      append: `console=ttyS0 panic=1 ${cmdParam}`,
+      args: [
+        "-nographic",
+        "-serial",
+        "stdio",
+        "-drive",
+        `file=${image},if=none,id=d0,format=${format},cache=writeback,aio=threads`,
+        ...(iothread
+          ? ["-object", "iothread,id=io0", "-device", "virtio-blk-pci,drive=d0,iothread=io0"]
+          : ["-device", "virtio-blk-pci,drive=d0"]),
+      ],
+    });
   switch (vmm) {
     case "qemu":
       return qemu(false);
     case "qemu-iothread":
       return qemu(true);
     case "kvmtool":
-      // Its guest has no ACPI power-off (noacpi): the kit ends with a reboot, which ends lkvm.
-      return [
-        lkvm,
-        "run",
-        "-k",
-        kernel,
-        "-i",
-        initrd,
-        "-m",
-        "256",
-        "-c",
-        "1",
-        "--network",
-        "mode=none",
-        "-p",
-        `${cmdParam} tskvm.reboot`,
-        "-d",
-        image,
-      ];
+      return kvmtoolArgv(lkvm, { ...guest, args: ["-d", image] });
     case "tskvm":
       // tskvm probes the format itself.
-      return [
-        process.execPath,
-        cli,
-        "run",
-        "-k",
-        kernel,
-        "-i",
-        initrd,
-        "-m",
-        "256",
-        "-c",
-        "1",
-        "-p",
-        cmdParam,
-        "-d",
-        image,
-      ];
+      return tskvmArgv({ ...guest, args: ["-d", image] });
     default:
       throw new Error(`unknown VMM ${vmm}`);
   }
@@ -176,12 +118,9 @@ function boot(argv) {
     let err = "";
     let peakRssKiB;
     let timedOut = false;
-    // kvmtool keeps its state (sockets) under $HOME/.lkvm: a writable one.
-    const home = join(work, "home");
-    mkdirSync(home, { recursive: true });
     const p = spawn(argv[0], argv.slice(1), {
       stdio: ["ignore", "pipe", "pipe"],
-      env: { ...process.env, HOME: home },
+      env: vmmEnv(work),
     });
     const poll = setInterval(() => {
       peakRssKiB = readHwmKiB(p.pid) ?? peakRssKiB;
@@ -292,7 +231,7 @@ try {
   for (const f of formats) if (!images[f]) throw new Error(`unknown format ${f}`);
   const hasDisk = vmms.includes("tskvm") ? tskvmHasDisk() : false;
   let t = performance.now();
-  makeRawImage(images.raw);
+  fillRawImage(images.raw, IMAGE_MIB);
   log(`raw image ${images.raw} filled in ${Math.round(performance.now() - t)} ms`);
   if (formats.includes("qcow2")) {
     t = performance.now();

@@ -4,19 +4,15 @@
 // initMs is the wall time from launching the VMM to the guest's first command marker.
 //   node boot-in-guest.mjs KERNEL INITRD [RUNS=3] [LKVM|-]
 import { spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync } from "node:fs";
+import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { kvmtoolArgv, qemuArgv, tskvmArgv, vmmEnv } from "./vmms.mjs";
 
 const [kernel, initrd, runsArg, lkvm = "-"] = process.argv.slice(2);
 const runs = Number(runsArg ?? 3);
-const root = fileURLToPath(new URL("../../", import.meta.url));
-const cli = join(root, "packages/cli/dist/main.js");
 const cmd = `tskvm.cmd64=${Buffer.from("true").toString("base64")}`;
-// kvmtool keeps its state (sockets) under $HOME/.lkvm: a writable one.
-const home = join(process.env.SANDBOX_WORK ?? mkdtempSync(join(tmpdir(), "tskvm-boot-")), "home");
-mkdirSync(home, { recursive: true });
+const env = vmmEnv(process.env.SANDBOX_WORK ?? mkdtempSync(join(tmpdir(), "tskvm-boot-")));
 
 function timeBoot(argv) {
   return new Promise((resolve) => {
@@ -25,7 +21,7 @@ function timeBoot(argv) {
     let out = "";
     const p = spawn(argv[0], argv.slice(1), {
       stdio: ["ignore", "pipe", "pipe"],
-      env: { ...process.env, HOME: home },
+      env,
     });
     const timer = setTimeout(() => p.kill("SIGKILL"), 300_000);
     p.stdout.on("data", (d) => {
@@ -40,50 +36,16 @@ function timeBoot(argv) {
   });
 }
 
+const guest = { kernel, initrd, params: cmd };
 const vmms = {
-  tskvm: [process.execPath, cli, "run", "-k", kernel, "-i", initrd, "-m", "256", "-c", "1", "-p", cmd],
-  // Its guest has no ACPI power-off (noacpi): the kit ends with a reboot, which ends lkvm.
-  ...(lkvm !== "-"
-    ? {
-        kvmtool: [
-          lkvm,
-          "run",
-          "-k",
-          kernel,
-          "-i",
-          initrd,
-          "-m",
-          "256",
-          "-c",
-          "1",
-          "--network",
-          "mode=none",
-          "-p",
-          `${cmd} tskvm.reboot`,
-        ],
-      }
-    : {}),
-  "qemu+kvm": [
-    "qemu-system-x86_64",
-    "-enable-kvm",
-    "-cpu",
-    "host",
-    "-m",
-    "256",
-    "-smp",
-    "1",
-    "-nographic",
-    "-no-reboot",
-    "-nodefaults",
-    "-serial",
-    "stdio",
-    "-kernel",
+  tskvm: tskvmArgv(guest),
+  ...(lkvm !== "-" ? { kvmtool: kvmtoolArgv(lkvm, guest) } : {}),
+  "qemu+kvm": qemuArgv({
     kernel,
-    "-initrd",
     initrd,
-    "-append",
-    `console=ttyS0 panic=-1 ${cmd}`,
-  ],
+    append: `console=ttyS0 panic=-1 ${cmd}`,
+    args: ["-nographic", "-serial", "stdio"],
+  }),
 };
 for (let i = 0; i < runs; i++) {
   for (const [vmm, argv] of Object.entries(vmms)) {

@@ -9,11 +9,11 @@
 //
 //   node console-in-guest.mjs KERNEL INITRD LKVM|- PINGS VMMS RUNS
 import { spawnSync } from "node:child_process";
-import { randomBytes } from "node:crypto";
-import { closeSync, mkdirSync, mkdtempSync, openSync, writeSync } from "node:fs";
+import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { fillRawImage, kvmtoolArgv, qemuArgv, tskvmArgv, vmmEnv } from "./vmms.mjs";
 
 const [kernel, initrd, lkvm, pingsArg = "1000", vmmsArg = "tskvm", runsArg = "1"] = process.argv.slice(2);
 if (!kernel || !initrd || !lkvm) {
@@ -23,8 +23,6 @@ if (!kernel || !initrd || !lkvm) {
 const pings = Number(pingsArg);
 const vmms = vmmsArg.split(",").filter(Boolean);
 const runs = Number(runsArg);
-const root = fileURLToPath(new URL("../../", import.meta.url));
-const cli = join(root, "packages/cli/dist/main.js");
 const drive = fileURLToPath(new URL("./conbench-drive.py", import.meta.url));
 const work = process.env.SANDBOX_WORK ?? mkdtempSync(join(tmpdir(), "tskvm-conbench-"));
 const log = (line) => process.stderr.write(`[console-in-guest] ${line}\n`);
@@ -43,97 +41,43 @@ const guestCmd = [
 const params = `quiet tskvm.cmd64=${Buffer.from(guestCmd).toString("base64")}`;
 
 const image = join(work, "console.raw");
-{
-  const chunk = randomBytes(1 << 20);
-  const fd = openSync(image, "w");
-  for (let i = 0; i < 256; i++) writeSync(fd, chunk, 0, chunk.length, i * chunk.length);
-  closeSync(fd);
-}
+fillRawImage(image, 256);
 
 function argvFor(vmm) {
-  const tskvm = (disk) => [
-    process.execPath,
-    cli,
-    "run",
-    "-k",
-    kernel,
-    "-i",
-    initrd,
-    "-m",
-    "256",
-    "-c",
-    "1",
-    "--console",
-    "virtio",
-    "--rng",
-    "-p",
-    params,
-    "-d",
-    disk,
-  ];
-  const qemu = (iothread) => [
-    "qemu-system-x86_64",
-    "-accel",
-    "kvm",
-    "-cpu",
-    "host",
-    "-m",
-    "256",
-    "-smp",
-    "1",
-    "-display",
-    "none",
-    "-no-reboot",
-    "-nodefaults",
-    "-kernel",
-    kernel,
-    "-initrd",
-    initrd,
-    "-append",
-    `console=hvc0 panic=1 ${params}`,
-    "-drive",
-    `file=${image},if=none,id=d0,format=raw,cache=writeback,aio=threads`,
-    ...(iothread
-      ? ["-object", "iothread,id=io0", "-device", "virtio-blk-pci,drive=d0,iothread=io0"]
-      : ["-device", "virtio-blk-pci,drive=d0"]),
-    "-device",
-    "virtio-serial-pci",
-    "-chardev",
-    "stdio,id=con0,signal=off",
-    "-device",
-    "virtconsole,chardev=con0",
-    "-object",
-    "rng-random,id=rng0,filename=/dev/urandom",
-    "-device",
-    "virtio-rng-pci,rng=rng0",
-  ];
+  const guest = { kernel, initrd, params };
+  const devices = ["--console", "virtio", "--rng", "-d"];
+  const qemu = (iothread) =>
+    qemuArgv({
+      kernel,
+      initrd,
+      append: `console=hvc0 panic=1 ${params}`,
+      args: [
+        "-display",
+        "none",
+        "-drive",
+        `file=${image},if=none,id=d0,format=raw,cache=writeback,aio=threads`,
+        ...(iothread
+          ? ["-object", "iothread,id=io0", "-device", "virtio-blk-pci,drive=d0,iothread=io0"]
+          : ["-device", "virtio-blk-pci,drive=d0"]),
+        "-device",
+        "virtio-serial-pci",
+        "-chardev",
+        "stdio,id=con0,signal=off",
+        "-device",
+        "virtconsole,chardev=con0",
+        "-object",
+        "rng-random,id=rng0,filename=/dev/urandom",
+        "-device",
+        "virtio-rng-pci,rng=rng0",
+      ],
+    });
   switch (vmm) {
     case "tskvm":
-      return tskvm(`${image},format=raw`);
+      return tskvmArgv({ ...guest, args: [...devices, `${image},format=raw`] });
     case "tskvm-shared":
-      return tskvm(`${image},format=raw,thread=shared`);
+      return tskvmArgv({ ...guest, args: [...devices, `${image},format=raw,thread=shared`] });
     case "kvmtool":
-      return [
-        lkvm,
-        "run",
-        "-k",
-        kernel,
-        "-i",
-        initrd,
-        "-m",
-        "256",
-        "-c",
-        "1",
-        "--console",
-        "virtio",
-        "--rng",
-        "--network",
-        "mode=none",
-        "-p",
-        params,
-        "-d",
-        image,
-      ];
+      return kvmtoolArgv(lkvm, { ...guest, args: [...devices, image] });
     case "qemu":
       return qemu(false);
     case "qemu-iothread":
@@ -145,13 +89,10 @@ function argvFor(vmm) {
 
 function once(vmm) {
   const argv = argvFor(vmm);
-  // kvmtool keeps its state (sockets) under $HOME/.lkvm: a writable one.
-  const home = join(work, "home");
-  mkdirSync(home, { recursive: true });
   const r = spawnSync("python3", [drive, String(TIMEOUT_S), "--", ...argv], {
     encoding: "utf8",
     timeout: (TIMEOUT_S + 120) * 1000,
-    env: { ...process.env, HOME: home },
+    env: vmmEnv(work),
   });
   try {
     return JSON.parse(r.stdout.trim().split("\n").pop());
