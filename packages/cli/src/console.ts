@@ -1,8 +1,7 @@
 // `--console virtio` (kvmtool's flag): a virtio console PCI device (hvc0 in the
 // guest), served by @tskvm/virtio-worker on the shared slow-devices thread, and
-// its host side: the ConsoleLink's output to stdout, input from the terminal
-// (or a pipe) with backpressure, the terminal's size at start and on SIGWINCH.
-import { Writable } from "node:stream";
+// its host side: the device's worker serves the terminal (or pipes) itself; this
+// thread forwards the terminal's size (at start and on SIGWINCH) and Ctrl-A x.
 import type { MachinePciDeviceFactory } from "@tskvm/machine-x86";
 import {
   CONSOLE_DEVICE_MODULE,
@@ -38,27 +37,18 @@ export function terminalSize(out: SizedOutput): { cols: number; rows: number } {
 export class VirtioConsole {
   readonly link: ConsoleLink;
   readonly device: MachinePciDeviceFactory;
-  #stopOutput: (() => void) | undefined;
-  #stopped = false;
-  #wakeInput: (() => void) | undefined;
   #stopQuit: (() => void) | undefined;
 
-  /**
-   * `terminal`: the device's worker reads and writes these fds itself (no hop through this
-   * thread for a keystroke or its echo); else input goes through {@link input} and output
-   * through {@link pipeOutput}.
-   */
-  constructor(
-    options: {
-      thread?: SharedDeviceWorker;
-      size?: { cols: number; rows: number };
-      terminal?: ConsoleTerminalData;
-    } = {},
-  ) {
+  /** The device's worker reads and writes `terminal`'s fds itself: no hop through this thread for a keystroke or its echo. */
+  constructor(options: {
+    terminal: ConsoleTerminalData;
+    thread?: SharedDeviceWorker;
+    size?: { cols: number; rows: number };
+  }) {
     this.link = new ConsoleLink(options.size ?? { cols: 80, rows: 25 });
     this.device = workerPciDevice({
       module: CONSOLE_DEVICE_MODULE,
-      data: { ...this.link.data, ...(options.terminal ? { terminal: options.terminal } : {}) },
+      data: { ...this.link.data, terminal: options.terminal },
       queues: CONSOLE_QUEUES,
       name: "console",
       ...(options.thread ? { thread: options.thread } : {}),
@@ -68,54 +58,15 @@ export class VirtioConsole {
     });
   }
 
-  /** Sends the guest's output to `write` until {@link stop}. */
-  pipeOutput(write: (bytes: Uint8Array) => void): void {
-    this.#stopOutput ??= this.link.onOutput(write);
-  }
-
-  /**
-   * A stream for the terminal's input: each chunk goes into the link's input ring,
-   * the write completing once all of it is in (so a full ring holds the writer back).
-   */
-  input(): Writable {
-    return new Writable({
-      highWaterMark: 16 << 10,
-      write: (chunk: Buffer, _enc, done) => {
-        this.#feed(new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength)).then(
-          () => done(),
-          (e: Error) => done(e),
-        );
-      },
-    });
-  }
-
-  async #feed(bytes: Uint8Array): Promise<void> {
-    let off = 0;
-    while (!this.#stopped && off < bytes.length) {
-      off += this.link.write(bytes.subarray(off));
-      if (off >= bytes.length) break;
-      await Promise.race([
-        this.link.waitInputSpace(1),
-        new Promise<void>((resolve) => {
-          this.#wakeInput = resolve;
-        }),
-      ]);
-    }
-  }
-
   /** Calls `onQuit` when the worker serving the terminal sees Ctrl-A x (until {@link stop}). */
   watchQuit(onQuit: () => void): void {
     this.#stopQuit ??= this.link.onQuit(onQuit);
   }
 
-  /** Stops reading output and drops input still waiting for room. */
+  /** Stops watching for Ctrl-A x (its waiter keeps the event loop alive) and waking the worker. */
   stop(): void {
-    this.#stopped = true;
     this.#stopQuit?.();
     this.#stopQuit = undefined;
-    this.#stopOutput?.();
-    this.#stopOutput = undefined;
-    this.#wakeInput?.();
     this.link.wake = undefined;
   }
 }

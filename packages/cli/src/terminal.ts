@@ -31,26 +31,12 @@ export class ConsoleTerminal {
     return this.#stdin.isTTY === true;
   }
 
-  /**
-   * Starts forwarding input to `guestInput`; `onQuit` runs on the escape sequence.
-   * With `backpressure`, input that is not a terminal (a pipe, a file) is paused while
-   * `guestInput` is full and resumed on its 'drain' (a terminal is always read, so
-   * Ctrl-A x keeps working).
-   */
-  attach(guestInput: Writable, onQuit: () => void, options: { backpressure?: boolean } = {}): void {
-    if (this.isTty && this.#stdin.setRawMode) {
-      this.#stdin.setRawMode(true);
-      this.#raw = true;
-    }
-    const hold = options.backpressure === true && !this.isTty;
+  /** Starts forwarding input to `guestInput` (raw mode on a terminal); `onQuit` runs on the escape sequence. */
+  attach(guestInput: Writable, onQuit: () => void): void {
+    this.rawOnly();
     const onData = (chunk: Buffer) => {
       const { forward, quit } = this.isTty ? this.#filter.push(chunk) : { forward: chunk, quit: false };
-      if (forward.length && !guestInput.write(forward) && hold) {
-        this.#stdin.pause();
-        guestInput.once("drain", () => {
-          if (this.#onData === onData) this.#stdin.resume();
-        });
-      }
+      if (forward.length) guestInput.write(forward);
       if (quit) onQuit();
     };
     this.#onData = onData;

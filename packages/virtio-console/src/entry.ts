@@ -34,7 +34,7 @@ export interface ConsoleTerminalData {
 /** What the console module is built from (plain data). */
 export type ConsoleModuleData = ConsoleLinkData & { terminal?: ConsoleTerminalData } & Pick<
     VirtioConsoleDeviceOptions,
-    "queueSize" | "eventIdx" | "indirect" | "size" | "maxChainsPerCall"
+    "queueSize" | "eventIdx" | "indirect" | "size" | "maxChainsPerCall" | "inputCapacity"
   >;
 
 /** Output the terminal has not taken yet, at most (then the transmit queue waits). */
@@ -86,9 +86,10 @@ class TerminalIo {
 
   /** Writes what the terminal takes now and keeps the rest (output is dropped once the fd fails). */
   write(bytes: Uint8Array): void {
-    if (this.backlogBytes === 0 && this.#put(bytes)) return;
-    // Behind a backlog nothing is written out of order; else keep what the terminal did not take.
-    const rest = this.backlogBytes === 0 ? bytes.slice(this.#written) : bytes.slice();
+    // Behind a backlog nothing is written out of order.
+    const n = this.backlogBytes === 0 ? this.#put(bytes) : 0;
+    if (n === bytes.length) return;
+    const rest = bytes.slice(n);
     this.#backlog.push(rest);
     this.backlogBytes += rest.length;
   }
@@ -97,21 +98,19 @@ class TerminalIo {
   flush(): boolean {
     while (this.#backlog.length > 0) {
       const first = this.#backlog[0]!;
-      if (this.#put(first)) {
-        this.#backlog.shift();
-        this.backlogBytes -= first.length;
-        continue;
+      const n = this.#put(first);
+      this.backlogBytes -= n;
+      if (n < first.length) {
+        this.#backlog[0] = first.subarray(n);
+        return false;
       }
-      this.#backlog[0] = first.subarray(this.#written);
-      this.backlogBytes -= this.#written;
-      return false;
+      this.#backlog.shift();
     }
     return true;
   }
 
-  #written = 0;
-  /** Writes `bytes`; true if all went, else how far it got is in #written. */
-  #put(bytes: Uint8Array): boolean {
+  /** Writes `bytes`; returns how many the terminal took (all of them once it has failed: dropped). */
+  #put(bytes: Uint8Array): number {
     let at = 0;
     while (at < bytes.length && this.#outFd !== undefined) {
       try {
@@ -122,8 +121,7 @@ class TerminalIo {
         this.#outFd = undefined; // the terminal went away: output is dropped from now on
       }
     }
-    this.#written = at;
-    return at >= bytes.length || this.#outFd === undefined;
+    return this.#outFd === undefined ? bytes.length : at;
   }
 }
 

@@ -210,4 +210,42 @@ describe("the console device module in a worker", () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+
+  it("a guest that reads nothing holds the terminal back: at most the device's input buffer is taken", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "tskvm-console-term-"));
+    const fifo = join(dir, "in");
+    execFileSync("mkfifo", [fifo]);
+    const inFd = openSync(fifo, constants.O_RDWR | constants.O_NONBLOCK);
+    const link = new ConsoleLink();
+    const { handle, sim, channel } = await start(link, { terminal: { inFd }, inputCapacity: 4096 });
+    try {
+      const all = Buffer.alloc(40_000);
+      for (let i = 0; i < all.length; i++) all[i] = 0x20 + (i % 90);
+      expect(writeSync(inFd, all)).toBe(all.length); // fits the FIFO's 64 KiB
+      // No receive buffers: the worker takes at most the device's input buffer (4 KiB here)
+      // and stops polling the terminal, so the rest stays in the FIFO. Read it out to count
+      // it, then put it back in order (the worker does not read while the device is full).
+      await new Promise((r) => setTimeout(r, 200));
+      const left = Buffer.alloc(all.length);
+      const n = readSync(inFd, left, 0, left.length, null);
+      expect(n).toBeGreaterThanOrEqual(all.length - 4096);
+      expect(writeSync(inFd, left.subarray(0, n))).toBe(n);
+      const rx = sim.queue(CONSOLE_RECEIVEQ);
+      const got: Buffer[] = [];
+      let total = 0;
+      while (total < all.length) {
+        rx.submit({ writable: [1000] });
+        rx.kick();
+        const [used] = await rx.waitUsed(1);
+        got.push(Buffer.from(used!.written));
+        total += used!.written.length;
+      }
+      expect(Buffer.concat(got)).toEqual(all);
+    } finally {
+      await handle.stop();
+      channel.close();
+      closeSync(inFd);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
