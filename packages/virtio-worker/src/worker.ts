@@ -180,7 +180,9 @@ class Slot {
   }
 
   /** The fds to poll this round: the slot's own, then the device's host fds (taken once per round). */
-  pollFds(): number[] {
+  pollFds(): readonly number[] {
+    // Most devices have none: their own fds as they are, nothing allocated per round.
+    if (!this.served.hostFds) return this.#fds;
     let host: readonly number[] = [];
     this.#guard(() => {
       host = this.served.hostFds?.() ?? [];
