@@ -13,12 +13,11 @@
 // blkbench.c is compiled static with gcc and appended, as a second gzip'd cpio archive,
 // to the default guest kit's initrd. Both files go to CACHE/bench/ (CACHE = guest-kit's
 // defaultCacheDir(), ~/.cache/tskvm), not /tmp: the sandbox mounts its own /tmp.
-import { mkdirSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { buildGuestKit } from "@tskvm/guest-kit";
 import { e2eTarget, runOnTarget } from "../dist/index.js";
-import { initrdWith, kvmtool } from "./tools.mjs";
+import { fmt, initrdWith, kvmtool, median, saveRows } from "./tools.mjs";
 
 const formats = (process.env.TSKVM_BENCH_BLK_FORMATS ?? "raw").split(",").filter(Boolean);
 const seconds = Number(process.env.TSKVM_BENCH_BLK_SECONDS ?? 3);
@@ -45,13 +44,6 @@ const { results: rows, log } = await runOnTarget(
 const date = new Date().toISOString();
 const names = { tskvm: "tskvm", kvmtool: "kvmtool", qemu: "QEMU", "qemu-iothread": "QEMU+iothread" };
 const label = (w) => `${w.workload} ${w.bs >= 1 << 20 ? `${w.bs >> 20}M` : `${w.bs >> 10}k`} qd${w.depth}`;
-const fmt = (x, digits) => (typeof x === "number" && Number.isFinite(x) ? x.toFixed(digits) : "—");
-const median = (xs) => {
-  const s = xs.filter((x) => typeof x === "number").sort((a, b) => a - b);
-  if (s.length === 0) return undefined;
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
 
 console.log(`\nguest block I/O (${target.kind}: ${target.reason})`);
 console.log(
@@ -97,15 +89,14 @@ for (const format of formats) {
   }
 }
 
-const jsonPath =
-  process.env.TSKVM_BENCH_BLK_JSON ??
-  join(here, "results", `blk-${date.slice(0, 19).replaceAll(":", "")}.json`);
-mkdirSync(dirname(jsonPath), { recursive: true });
-writeFileSync(
-  jsonPath,
-  `${JSON.stringify({ date, target: { kind: target.kind, reason: target.reason }, seconds, runs, formats, vmms, rows }, null, 2)}\n`,
-);
-console.log(`\nrows: ${jsonPath}`);
+saveRows("blk", "TSKVM_BENCH_BLK_JSON", date, {
+  target: { kind: target.kind, reason: target.reason },
+  seconds,
+  runs,
+  formats,
+  vmms,
+  rows,
+});
 
 const expected = runs * formats.length * vmms.length - rows.filter((r) => r.skipped).length * (runs - 1);
 if (rows.length < expected || rows.some((r) => !r.ok && !r.skipped)) {

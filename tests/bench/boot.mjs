@@ -1,7 +1,7 @@
 import { fileURLToPath } from "node:url";
 import { buildGuestKit } from "@tskvm/guest-kit";
 import { e2eTarget, runOnTarget } from "../dist/index.js";
-import { kvmtool } from "./tools.mjs";
+import { kvmtool, median } from "./tools.mjs";
 
 const runs = Number(process.env.TSKVM_BENCH_RUNS ?? 3);
 const target = e2eTarget();
@@ -16,10 +16,6 @@ const { results: rows } = await runOnTarget(
     timeoutMs: 30 * 60_000,
   },
 );
-const med = (xs) => {
-  const s = xs.filter((x) => typeof x === "number").sort((a, b) => a - b);
-  return s.length ? s[Math.floor(s.length / 2)] : NaN;
-};
 console.log(`\nboot to init (${target.kind}: ${target.reason})`);
 console.log(`default guest kit, 1 vCPU, 256 MiB, median of ${runs}\n`);
 console.log("| VMM | launch → init (s) | launch → exit (s) | runs ok |");
@@ -28,6 +24,6 @@ for (const vmm of ["tskvm", ...(peer.lkvm ? ["kvmtool"] : []), "qemu+kvm"]) {
   const rs = rows.filter((r) => r.vmm === vmm);
   const ok = rs.filter((r) => r.code === 0 && r.initMs !== undefined).length;
   console.log(
-    `| ${vmm} | ${(med(rs.map((r) => r.initMs)) / 1000).toFixed(1)} | ${(med(rs.map((r) => r.totalMs)) / 1000).toFixed(1)} | ${ok}/${rs.length} |`,
+    `| ${vmm} | ${(median(rs.map((r) => r.initMs)) / 1000).toFixed(1)} | ${(median(rs.map((r) => r.totalMs)) / 1000).toFixed(1)} | ${ok}/${rs.length} |`,
   );
 }

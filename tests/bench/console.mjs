@@ -10,12 +10,11 @@
 // (tskvm,tskvm-shared,kvmtool,qemu,qemu-iothread), TSKVM_BENCH_CONSOLE_RUNS (1; more give
 // medians of the per-run percentiles), TSKVM_BENCH_CONSOLE_JSON (where the rows go; default
 // bench/results/console-DATE.json), TSKVM_E2E_TARGET (host|sandbox).
-import { mkdirSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { buildGuestKit } from "@tskvm/guest-kit";
 import { e2eTarget, runOnTarget } from "../dist/index.js";
-import { initrdWith, kvmtool } from "./tools.mjs";
+import { fmt, initrdWith, kvmtool, median, saveRows } from "./tools.mjs";
 
 const pings = Number(process.env.TSKVM_BENCH_CONSOLE_PINGS ?? 1000);
 const runs = Number(process.env.TSKVM_BENCH_CONSOLE_RUNS ?? 1);
@@ -44,12 +43,7 @@ const names = {
   qemu: "QEMU (disk on the main loop)",
   "qemu-iothread": "QEMU (disk on an iothread)",
 };
-const median = (xs) => {
-  const s = xs.filter((x) => typeof x === "number").sort((a, b) => a - b);
-  return s.length ? s[Math.ceil(s.length / 2) - 1] : undefined;
-};
 const ms = (us) => (typeof us === "number" ? (us / 1000).toFixed(2) : "—");
-const fmt = (x, d) => (typeof x === "number" && Number.isFinite(x) ? x.toFixed(d) : "—");
 
 console.log(`\nconsole round trips, idle and under disk load (${target.kind}: ${target.reason})`);
 console.log(
@@ -85,15 +79,13 @@ for (const v of vmms) {
   );
 }
 
-const jsonPath =
-  process.env.TSKVM_BENCH_CONSOLE_JSON ??
-  join(here, "results", `console-${date.slice(0, 19).replaceAll(":", "")}.json`);
-mkdirSync(dirname(jsonPath), { recursive: true });
-writeFileSync(
-  jsonPath,
-  `${JSON.stringify({ date, target: { kind: target.kind, reason: target.reason }, pings, runs, vmms, rows }, null, 2)}\n`,
-);
-console.log(`\nrows: ${jsonPath}`);
+saveRows("console", "TSKVM_BENCH_CONSOLE_JSON", date, {
+  target: { kind: target.kind, reason: target.reason },
+  pings,
+  runs,
+  vmms,
+  rows,
+});
 if (rows.length < runs * vmms.length || rows.some((r) => !r.ok && !r.skipped)) {
   console.error(
     `\nsome runs failed or are missing (${rows.length}/${runs * vmms.length} rows); the run's output:\n${log}`,

@@ -4,7 +4,7 @@
 // those programs, and the kvmtool peer built from ../shared/peers.
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { appendInitrd, defaultCacheDir, writeInitramfs } from "@tskvm/guest-kit";
@@ -68,4 +68,27 @@ export function kvmtool() {
   if (r.status !== 0)
     return { missing: `build-kvmtool.sh failed (exit ${r.status}): ${r.stdout}${r.stderr}` };
   return { lkvm: join(out, "lkvm") };
+}
+
+/** The median of the numbers among `xs` (the mean of the middle two for an even count), or undefined. */
+export function median(xs) {
+  const s = xs.filter((x) => typeof x === "number").sort((a, b) => a - b);
+  if (s.length === 0) return undefined;
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+/** `x` with `digits` decimals, or "—" when it is not a finite number (a table cell). */
+export const fmt = (x, digits) => (typeof x === "number" && Number.isFinite(x) ? x.toFixed(digits) : "—");
+
+/**
+ * Writes a bench's rows as JSON to $envVar, or bench/results/NAME-DATE.json, and says where.
+ * `date` is the ISO date of the run.
+ */
+export function saveRows(name, envVar, date, payload) {
+  const path =
+    process.env[envVar] ?? join(here, "results", `${name}-${date.slice(0, 19).replaceAll(":", "")}.json`);
+  mkdirSync(dirname(path), { recursive: true });
+  writeFileSync(path, `${JSON.stringify({ date, ...payload }, null, 2)}\n`);
+  console.log(`\nrows: ${path}`);
 }
