@@ -74,6 +74,7 @@ export { defaultIrqchipRoutes, FIRST_MSI_GSI, GsiRouter, type GsiRoutingSink } f
 export {
   type BootLayout,
   createMachine,
+  MACHINE_STARTUP_CHANNEL,
   Machine,
   type MachineConsole,
   type MachineDeviceContext,
@@ -82,6 +83,8 @@ export {
   type MachineOptions,
   type MachinePciDevice,
   type MachinePciDeviceFactory,
+  type MachineStartupEvent,
+  type MachineStartupPhase,
 } from "./machine.js";
 export type {
   CreatePciDevice,

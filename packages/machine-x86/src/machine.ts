@@ -1,6 +1,7 @@
 // An x86-64 machine that boots a bzImage: memory, boot structures, irqchip, vCPU
 // workers, shared legacy devices, and the bookkeeping of how the guest ended.
 
+import { channel } from "node:diagnostics_channel";
 import { existsSync, readFileSync } from "node:fs";
 import { Readable, Writable } from "node:stream";
 import { fileURLToPath, pathToFileURL } from "node:url";
@@ -179,6 +180,41 @@ export function createMachine(options: MachineOptions): Machine {
   return new Machine(options);
 }
 
+/**
+ * The `node:diagnostics_channel` on which machines publish how their start went:
+ * `{ phase, at }` with `at` in ms on `performance.now()`'s clock (from process start), for
+ * each {@link MachineStartupPhase} in order. Nothing is built when nobody subscribes.
+ */
+export const MACHINE_STARTUP_CHANNEL = "tskvm:machine:startup";
+
+/**
+ * The start of a machine, step by step: the constructor's checks, the KVM acceleration
+ * probe, the VM with its RAM, the devices (workers started, in order), the kernel, initrd
+ * and tables written, the vCPUs set up, their threads in KVM_RUN, the guest's first byte
+ * on the serial console.
+ */
+export type MachineStartupPhase =
+  | "options-checked"
+  | "acceleration-probed"
+  | "vm-created"
+  | "devices-started"
+  | "guest-loaded"
+  | "vcpus-created"
+  | "vcpu-threads-running"
+  | "first-console-output";
+
+export interface MachineStartupEvent {
+  phase: MachineStartupPhase;
+  at: number;
+}
+
+const startupChannel = channel(MACHINE_STARTUP_CHANNEL);
+
+function startupPhase(phase: MachineStartupPhase): void {
+  if (startupChannel.hasSubscribers)
+    startupChannel.publish({ phase, at: performance.now() } satisfies MachineStartupEvent);
+}
+
 export class Machine {
   readonly cpus: number;
   readonly memMiB: number;
@@ -216,6 +252,7 @@ export class Machine {
   #inputTimer: NodeJS.Timeout | undefined;
   #txTimer: NodeJS.Timeout | undefined;
   #haltRounds = 0;
+  #firstOutput = false;
   #haltRips = "";
   #vcpus: Vcpu[] = [];
   #handlerData: VcpuHandlerData | undefined;
@@ -261,7 +298,9 @@ export class Machine {
       else this.#addDevice(dev);
     }
     // Last, so that a bad option or kernel is reported even on a machine without KVM.
+    startupPhase("options-checked");
     checkAcceleration(options.allowEmulated ?? false);
+    startupPhase("acceleration-probed");
     this.#control = controlBlock(cpus);
 
     this.exited = new Promise((resolve) => {
@@ -298,6 +337,7 @@ export class Machine {
     try {
       await this.#build();
       await this.#startThreads();
+      startupPhase("vcpu-threads-running");
     } catch (e) {
       await this.#end("error", (e as Error).message);
       throw e;
@@ -361,6 +401,7 @@ export class Machine {
     vm.createPit2({ speakerDummy: true });
     const memBytes = this.memMiB * MiB;
     for (const r of ramRanges(memBytes)) vm.addMemory({ guestAddress: r.address, size: r.size });
+    startupPhase("vm-created");
     this.irq.attach((routes) => vm.setGsiRouting(routes));
     const ctx: MachineDeviceContext = {
       vm,
@@ -372,8 +413,10 @@ export class Machine {
       if (this.#state !== "starting")
         throw new Error("the machine was stopped while its devices were created");
     }
+    startupPhase("devices-started");
     const supported = kvm.supportedCpuid();
     this.#loadGuest(vm, supported);
+    startupPhase("guest-loaded");
 
     // ISA interrupts through irqfds: any thread raises them with an eventfd write.
     const serialIrq = EventFd.create();
@@ -404,6 +447,7 @@ export class Machine {
             : undefined,
       });
     }
+    startupPhase("vcpus-created");
     this.#handlerData = {
       cpus: this.cpus,
       control: this.#control.buffer as SharedArrayBuffer,
@@ -511,6 +555,10 @@ export class Machine {
     for (;;) {
       const bytes = this.#tx.pop();
       if (bytes.length === 0) return;
+      if (!this.#firstOutput) {
+        this.#firstOutput = true;
+        startupPhase("first-console-output");
+      }
       this.#watch.feed(bytes);
       this.console.output.push(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
     }
