@@ -1,5 +1,6 @@
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
+import { once } from "node:events";
 import {
   copyFileSync,
   existsSync,
@@ -12,15 +13,18 @@ import {
   writeFileSync,
 } from "node:fs";
 import { join } from "node:path";
-import { type CpioEntry, writeInitramfs } from "./cpio.js";
+import { createGzip } from "node:zlib";
+import { type CpioEntry, writeCpioNewc } from "./cpio.js";
 import {
   DebianFetchError,
   type DebianPackage,
   defaultCacheDir,
-  downloadDebianPackage,
+  downloadDebianPackageAsync,
   formatBytes,
+  type GuestKitProgress,
+  progressReporter,
   resolveDebianPackage,
-  unpackDebianPackage,
+  unpackDebianPackageAsync,
 } from "./debian.js";
 import { initScript } from "./init.js";
 import { formatModulesDep, KernelModuleTree, type ModuleInfo, readModuleImage } from "./modules.js";
@@ -59,6 +63,11 @@ export interface GuestKitOptions {
   cacheDir?: string;
   /** Progress lines (downloads, unpacking, writing). */
   log?: (line: string) => void;
+  /**
+   * Bytes done in the long steps (downloading and unpacking each `.deb`, compressing the
+   * initramfs), reported while each runs and once at its end; nothing on a cache hit.
+   */
+  progress?: (p: GuestKitProgress) => void;
   /** Download and build again even when a cached kit matches. */
   force?: boolean;
   /** Kernel modules to bundle and load at boot (default {@link DEFAULT_GUEST_MODULES}). */
@@ -96,6 +105,29 @@ function sha256(data: string | Uint8Array): string {
 
 function seconds(since: number): string {
   return `${((Date.now() - since) / 1000).toFixed(1)} s`;
+}
+
+/** `writeInitramfs` without blocking the event loop, reporting the bytes fed to gzip. */
+async function gzipInitramfs(
+  cpio: Buffer,
+  progress: ((p: GuestKitProgress) => void) | undefined,
+): Promise<Buffer> {
+  const report = progressReporter(progress, "pack", "initramfs", cpio.length);
+  report(0);
+  const gzip = createGzip({ level: 6 });
+  const out: Buffer[] = [];
+  gzip.on("data", (chunk: Buffer) => out.push(chunk));
+  const ended = once(gzip, "end");
+  const step = 1 << 20;
+  for (let at = 0; at < cpio.length; at += step) {
+    const chunk = cpio.subarray(at, at + step);
+    if (!gzip.write(chunk)) await once(gzip, "drain");
+    report(at + chunk.length);
+  }
+  gzip.end();
+  await ended;
+  report(cpio.length, true);
+  return Buffer.concat(out);
 }
 
 function readManifest(dir: string): KitManifest | undefined {
@@ -301,15 +333,20 @@ export async function buildGuestKit(options: GuestKitOptions = {}): Promise<Gues
   const started = Date.now();
   log(`building guest kit: ${kernelPkg.name} ${kernelPkg.version}, ${busyboxPkg.name} ${busyboxPkg.version}`);
   const debs = join(root, "debs");
-  const kernelDeb = downloadDebianPackage(kernelPkg, debs, log, options.force);
-  const busyboxDeb = downloadDebianPackage(busyboxPkg, debs, log, options.force);
+  const fetchOptions = {
+    log,
+    force: options.force ?? false,
+    ...(options.progress ? { progress: options.progress } : {}),
+  };
+  const kernelDeb = await downloadDebianPackageAsync(kernelPkg, debs, fetchOptions);
+  const busyboxDeb = await downloadDebianPackageAsync(busyboxPkg, debs, fetchOptions);
 
   mkdirSync(join(root, "kits"), { recursive: true });
   const work = join(root, `.build-${process.pid}-${Math.random().toString(36).slice(2)}`);
   try {
     const t = Date.now();
-    unpackDebianPackage(kernelDeb, join(work, "kernel"), log);
-    unpackDebianPackage(busyboxDeb, join(work, "busybox"), log);
+    await unpackDebianPackageAsync(kernelDeb, join(work, "kernel"), fetchOptions);
+    await unpackDebianPackageAsync(busyboxDeb, join(work, "busybox"), fetchOptions);
     log(`unpacked in ${seconds(t)}`);
 
     const bootDir = join(work, "kernel", "boot");
@@ -342,7 +379,7 @@ export async function buildGuestKit(options: GuestKitOptions = {}): Promise<Gues
       readModule: (p) => readModuleImage(join(modulesDir, p)),
     });
     log(`writing initramfs (${entries.length} members, ${applets.length} busybox applets)`);
-    const initrd = writeInitramfs(entries);
+    const initrd = await gzipInitramfs(writeCpioNewc(entries), options.progress);
 
     const out = join(work, "kit");
     mkdirSync(out);

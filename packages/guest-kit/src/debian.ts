@@ -1,5 +1,14 @@
-import { execFileSync, spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { execFileSync, spawn, spawnSync } from "node:child_process";
+import {
+  createReadStream,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 
 /** A Debian binary package resolved to one exact version. */
@@ -19,6 +28,54 @@ export class DebianFetchError extends Error {
     super(`${message}\n  hint: ${hint}`);
     this.name = "DebianFetchError";
   }
+}
+
+/**
+ * Where a long step of building the guest kit is: reported while it runs (at most every
+ * {@link PROGRESS_INTERVAL_MS}) and once at its end, with `done`. Enough to draw bytes and
+ * a rate; whether and how to show it is the caller's business (e.g. only on a terminal).
+ */
+export interface GuestKitProgress {
+  /** `download`: a `.deb` from the mirror; `unpack`: a `.deb` read into files; `pack`: the initramfs compressed. */
+  step: "download" | "unpack" | "pack";
+  /** What the step works on: a package name, or `initramfs`. */
+  name: string;
+  /** Bytes done: downloaded, read from the `.deb`, or fed to gzip. */
+  bytes: number;
+  /** Bytes in all, when known (apt's size of the `.deb`, the `.deb`'s size, the cpio archive's size). */
+  total?: number;
+  /** Milliseconds since the step began. */
+  elapsedMs: number;
+  /** The last report of this step. */
+  done: boolean;
+}
+
+/** How often a running step reports at most. */
+export const PROGRESS_INTERVAL_MS = 100;
+
+/** Calls `progress` at most every PROGRESS_INTERVAL_MS, and always for the final report. */
+export function progressReporter(
+  progress: ((p: GuestKitProgress) => void) | undefined,
+  step: GuestKitProgress["step"],
+  name: string,
+  total: number | undefined,
+): (bytes: number, done?: boolean) => void {
+  const started = Date.now();
+  let last = 0;
+  return (bytes, done = false) => {
+    if (!progress) return;
+    const now = Date.now();
+    if (!done && now - last < PROGRESS_INTERVAL_MS) return;
+    last = now;
+    progress({
+      step,
+      name,
+      bytes,
+      ...(total !== undefined ? { total } : {}),
+      elapsedMs: now - started,
+      done,
+    });
+  };
 }
 
 /** Whether `apt-get` and `dpkg-deb` can be run on this machine. */
@@ -97,6 +154,25 @@ export function formatBytes(n: number): string {
   return `${n} B`;
 }
 
+function downloadFailed(pkg: DebianPackage, why: string): DebianFetchError {
+  return new DebianFetchError(
+    `apt-get download ${pkg.name}=${pkg.version} failed: ${why}`,
+    "check that the Debian mirror is reachable (or run 'apt-get update'), or provide --kernel/--initrd of your own",
+  );
+}
+
+function debPath(pkg: DebianPackage, dir: string): string {
+  return join(dir, `${pkg.name}_${safeVersion(pkg.version)}.deb`);
+}
+
+/** A fresh folder in `dir` for apt-get to write in (it names the file itself). */
+function scratchDir(dir: string): string {
+  mkdirSync(dir, { recursive: true });
+  const work = join(dir, `.download-${process.pid}-${Math.random().toString(36).slice(2)}`);
+  mkdirSync(work);
+  return work;
+}
+
 /**
  * Downloads a package's `.deb` with `apt-get download` into `dir` (as `NAME_VERSION.deb`)
  * unless it is already there, and returns its path. `force` downloads it again.
@@ -107,11 +183,9 @@ export function downloadDebianPackage(
   log?: (line: string) => void,
   force = false,
 ): string {
-  const target = join(dir, `${pkg.name}_${safeVersion(pkg.version)}.deb`);
+  const target = debPath(pkg, dir);
   if (!force && existsSync(target)) return target;
-  mkdirSync(dir, { recursive: true });
-  const work = join(dir, `.download-${process.pid}-${Math.random().toString(36).slice(2)}`);
-  mkdirSync(work);
+  const work = scratchDir(dir);
   try {
     const size = pkg.size ? ` (${formatBytes(pkg.size)})` : "";
     log?.(`downloading ${pkg.name} ${pkg.version}${size}`);
@@ -121,19 +195,75 @@ export function downloadDebianPackage(
       encoding: "utf8",
     });
     const deb = readdirSync(work).find((f) => f.endsWith(".deb"));
-    if (dl.error || dl.status !== 0 || !deb) {
-      const why = dl.error ? dl.error.message : (dl.stderr || "").trim();
-      throw new DebianFetchError(
-        `apt-get download ${pkg.name}=${pkg.version} failed: ${why}`,
-        "check that the Debian mirror is reachable (or run 'apt-get update'), or provide --kernel/--initrd of your own",
+    if (dl.error || dl.status !== 0 || !deb)
+      throw downloadFailed(pkg, dl.error ? dl.error.message : (dl.stderr || "").trim());
+    return finishDownload(pkg, join(work, deb), target, started, log);
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
+}
+
+function finishDownload(
+  pkg: DebianPackage,
+  deb: string,
+  target: string,
+  started: number,
+  log: ((line: string) => void) | undefined,
+): string {
+  const bytes = statSync(deb).size;
+  log?.(`downloaded ${pkg.name} (${formatBytes(bytes)}) in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  renameSync(deb, target); // atomic: a concurrent download of the same file is identical
+  return target;
+}
+
+/** Bytes in the files of `dir` (what apt-get has written so far). */
+function bytesIn(dir: string): number {
+  let n = 0;
+  try {
+    for (const f of readdirSync(dir)) n += statSync(join(dir, f)).size;
+  } catch {
+    // a file renamed or removed between the listing and its stat: counted next time
+  }
+  return n;
+}
+
+/**
+ * {@link downloadDebianPackage} without blocking the event loop, reporting `progress`
+ * (the bytes apt-get has written, polled) while it runs.
+ */
+export async function downloadDebianPackageAsync(
+  pkg: DebianPackage,
+  dir: string,
+  options: { log?: (line: string) => void; force?: boolean; progress?: (p: GuestKitProgress) => void } = {},
+): Promise<string> {
+  const target = debPath(pkg, dir);
+  if (!options.force && existsSync(target)) return target;
+  const work = scratchDir(dir);
+  try {
+    const size = pkg.size ? ` (${formatBytes(pkg.size)})` : "";
+    options.log?.(`downloading ${pkg.name} ${pkg.version}${size}`);
+    const started = Date.now();
+    const report = progressReporter(options.progress, "download", pkg.name, pkg.size);
+    report(0);
+    const poll = setInterval(() => report(bytesIn(work)), PROGRESS_INTERVAL_MS);
+    let stderr = "";
+    const failure = await new Promise<string | undefined>((resolve) => {
+      const child = spawn("apt-get", ["download", "-q", `${pkg.name}=${pkg.version}`], {
+        cwd: work,
+        stdio: ["ignore", "ignore", "pipe"],
+      });
+      child.stderr.setEncoding("utf8").on("data", (d: string) => {
+        stderr += d;
+      });
+      child.on("error", (e) => resolve(e.message));
+      child.on("close", (code, signal) =>
+        resolve(code === 0 ? undefined : stderr.trim() || `exit ${code ?? signal}`),
       );
-    }
-    const bytes = statSync(join(work, deb)).size;
-    log?.(
-      `downloaded ${pkg.name} (${formatBytes(bytes)}) in ${((Date.now() - started) / 1000).toFixed(1)} s`,
-    );
-    renameSync(join(work, deb), target); // atomic: a concurrent download of the same file is identical
-    return target;
+    }).finally(() => clearInterval(poll));
+    const deb = readdirSync(work).find((f) => f.endsWith(".deb"));
+    if (failure !== undefined || !deb) throw downloadFailed(pkg, failure ?? stderr.trim());
+    report(statSync(join(work, deb)).size, true);
+    return finishDownload(pkg, join(work, deb), target, started, options.log);
   } finally {
     rmSync(work, { recursive: true, force: true });
   }
@@ -152,6 +282,50 @@ export function unpackDebianPackage(deb: string, dest: string, log?: (line: stri
       `delete ${deb} and try again`,
     );
   }
+}
+
+/**
+ * {@link unpackDebianPackage} without blocking the event loop: the `.deb` is streamed into
+ * `dpkg-deb -x -` (standard input), so `progress` reports the bytes of it read so far.
+ */
+export async function unpackDebianPackageAsync(
+  deb: string,
+  dest: string,
+  options: { log?: (line: string) => void; progress?: (p: GuestKitProgress) => void } = {},
+): Promise<void> {
+  const file = deb.slice(deb.lastIndexOf("/") + 1);
+  options.log?.(`unpacking ${file}`);
+  mkdirSync(dest, { recursive: true });
+  const total = statSync(deb).size;
+  const report = progressReporter(options.progress, "unpack", file, total);
+  report(0);
+  let read = 0;
+  let stderr = "";
+  const failure = await new Promise<string | undefined>((resolve) => {
+    const child = spawn("dpkg-deb", ["-x", "-", dest], { stdio: ["pipe", "ignore", "pipe"] });
+    child.stderr.setEncoding("utf8").on("data", (d: string) => {
+      stderr += d;
+    });
+    // dpkg-deb may stop reading early (a broken archive): its exit status says why, not EPIPE.
+    child.stdin.on("error", () => {});
+    const input = createReadStream(deb);
+    input.on("data", (chunk) => {
+      read += chunk.length;
+      report(read);
+    });
+    input.on("error", (e) => {
+      child.kill();
+      resolve(e.message);
+    });
+    input.pipe(child.stdin);
+    child.on("error", (e) => resolve(e.message));
+    child.on("close", (code, signal) =>
+      resolve(code === 0 ? undefined : stderr.trim() || `exit ${code ?? signal}`),
+    );
+  });
+  if (failure !== undefined)
+    throw new DebianFetchError(`dpkg-deb -x ${deb} failed: ${failure}`, `delete ${deb} and try again`);
+  report(read, true);
 }
 
 /**

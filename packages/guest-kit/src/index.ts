@@ -15,11 +15,15 @@ export {
   type DebianPackage,
   defaultCacheDir,
   downloadDebianPackage,
+  downloadDebianPackageAsync,
   fetchDebianPackage,
   formatBytes,
+  type GuestKitProgress,
   hasApt,
+  PROGRESS_INTERVAL_MS,
   resolveDebianPackage,
   unpackDebianPackage,
+  unpackDebianPackageAsync,
 } from "./debian.js";
 export {
   GUEST_BEGIN_MARKER,

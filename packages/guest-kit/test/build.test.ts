@@ -17,6 +17,8 @@ import {
   type CpioMember,
   DEFAULT_GUEST_MODULES,
   type GuestKit,
+  type GuestKitProgress,
+  PROGRESS_INTERVAL_MS,
   readCpioNewc,
 } from "../src/index.js";
 import { CMDLINE_CASES, parseWithInit } from "./helpers.js";
@@ -29,11 +31,12 @@ afterAll(() => rmSync(cacheDir, { recursive: true, force: true }));
 let kit: GuestKit;
 let members: Map<string, CpioMember>;
 const log: string[] = [];
+const progress: GuestKitProgress[] = [];
 let coldMs = 0;
 
 beforeAll(async () => {
   const t = Date.now();
-  kit = await buildGuestKit({ cacheDir, log: (l) => log.push(l) });
+  kit = await buildGuestKit({ cacheDir, log: (l) => log.push(l), progress: (p) => progress.push(p) });
   coldMs = Date.now() - t;
   members = new Map(readCpioNewc(gunzipSync(readFileSync(kit.initrd))).map((m) => [m.path, m]));
 }, 300_000);
@@ -50,6 +53,40 @@ describe("buildGuestKit (real Debian packages)", () => {
     expect(log.some((l) => l.startsWith("unpacking"))).toBe(true);
     expect(log.some((l) => l.startsWith("writing initramfs"))).toBe(true);
     console.log(`cold build ${coldMs} ms, initrd ${statSync(kit.initrd).size} bytes`);
+  });
+
+  it("reports bytes while it downloads, unpacks and packs, each step ending with done", () => {
+    const steps = new Map<string, GuestKitProgress[]>();
+    for (const p of progress)
+      steps.set(`${p.step} ${p.name}`, [...(steps.get(`${p.step} ${p.name}`) ?? []), p]);
+    const keys = [...steps.keys()];
+    expect(keys.map((k) => k.split(" ")[0])).toEqual(["download", "download", "unpack", "unpack", "pack"]);
+    expect(keys[0]).toBe(`download ${kit.packages.kernel.name}`);
+    expect(keys[1]).toBe("download busybox-static");
+    expect(keys[2]).toMatch(new RegExp(`^unpack ${kit.packages.kernel.name}_.*\\.deb$`));
+    expect(keys[3]).toMatch(/^unpack busybox-static_.*\.deb$/);
+    expect(keys[4]).toBe("pack initramfs");
+    for (const [key, reports] of steps) {
+      const last = reports.at(-1)!;
+      expect(last.done, key).toBe(true);
+      expect(
+        reports.filter((r) => r.done),
+        key,
+      ).toHaveLength(1);
+      expect(reports[0]!.bytes, key).toBe(0);
+      // Never backwards; the end is the whole: apt's size of the .deb, the .deb read, the cpio fed to gzip.
+      for (let i = 1; i < reports.length; i++)
+        expect(reports[i]!.bytes).toBeGreaterThanOrEqual(reports[i - 1]!.bytes);
+      expect(last.bytes, key).toBe(last.total);
+      expect(last.elapsedMs).toBeGreaterThanOrEqual(0);
+    }
+    // The kernel's .deb is read in many chunks: reports in between, at most one per PROGRESS_INTERVAL_MS.
+    const unpack = steps.get(keys[2]!)!;
+    expect(unpack.length).toBeGreaterThan(2);
+    for (let i = 1; i < unpack.length - 1; i++)
+      expect(unpack[i]!.elapsedMs - unpack[i - 1]!.elapsedMs).toBeGreaterThanOrEqual(
+        PROGRESS_INTERVAL_MS - 5,
+      );
   });
 
   it("has a bzImage kernel", () => {
