@@ -12,5 +12,6 @@ export * from "./device.js";
 export * from "./engine.js";
 export type { BlkImageSpec, BlkModuleData, BlkModuleInfo } from "./entry.js";
 export * from "./host.js";
+export * from "./pci-device.js";
 export type { BlkPciOptions, BlkTransportKind, BlkWorkerExit, BlkWorkerReady } from "./protocol.js";
 export * from "./request.js";
