@@ -18,7 +18,12 @@ export {
   PAGE_SIZE,
   WINDOW_SIZE,
 } from "./memory.js";
-export { type AccelerationProbe, HARDWARE_SPEED_THRESHOLD, probeAcceleration } from "./probe.js";
+export {
+  type AccelerationProbe,
+  HARDWARE_SPEED_THRESHOLD,
+  type ProbeOptions,
+  probeAcceleration,
+} from "./probe.js";
 export {
   CPUID_FLAG_SIGNIFICANT_INDEX,
   type CpuidEntry,
