@@ -40,6 +40,7 @@ export {
   type ExitAction,
   type ExitHandler,
   type ExitHandlerFactory,
+  PreparedVcpuThread,
   VcpuThread,
   type VcpuThreadOptions,
   type VcpuThreadResult,

@@ -38,6 +38,8 @@ export interface VcpuThreadOptions<D = unknown> {
   data?: D;
   /** Messages the handler posts with `ctx.post`. */
   onMessage?: (message: unknown) => void;
+  /** A worker started ahead with {@link VcpuThread.prepare} for the same handler module. */
+  prepared?: PreparedVcpuThread;
 }
 
 /** Why a vCPU thread ended. */
@@ -49,6 +51,11 @@ export type VcpuThreadResult =
 /** Layout of the control block shared with the worker (Int32 slots). */
 export const Control = { TID: 0, STOP: 1, STATE: 2 } as const;
 export const ThreadState = { STARTING: 0, RUNNING: 1, EXITED: 2 } as const;
+
+/** Data a worker started by {@link VcpuThread.prepare} begins with; the rest comes in a message. */
+export interface PreparedVcpuWorkerData {
+  handlerModule: string;
+}
 
 /** Data the worker is started with. */
 export interface VcpuWorkerData {
@@ -78,21 +85,23 @@ export class VcpuThread {
     this.exited = exited;
   }
 
-  /** Starts the worker; resolves once the handler is built and the loop is about to run. */
+  /**
+   * Starts the vCPU's worker (or takes `options.prepared`); resolves once the handler is
+   * built and the loop is about to run.
+   */
   static async start<D>(options: VcpuThreadOptions<D>): Promise<VcpuThread> {
+    const prepared = options.prepared ?? VcpuThread.prepare(options.handlerModule);
+    const worker = prepared.take(options.handlerModule);
     const control = new Int32Array(new SharedArrayBuffer(16));
-    const handlerModule =
-      options.handlerModule instanceof URL
-        ? options.handlerModule.href
-        : new URL(options.handlerModule, "file:///").href;
     const workerData: VcpuWorkerData = {
       vcpu: options.vcpu.describe(),
       memory: options.memory.describe(),
-      handlerModule,
+      handlerModule: prepared.handlerModule,
       data: options.data,
       control: control.buffer as SharedArrayBuffer,
     };
-    const worker = new Worker(new URL("./vcpu-worker.js", import.meta.url), { workerData });
+    worker.ref();
+    worker.postMessage(workerData);
     let ready!: () => void;
     let failed!: (e: Error) => void;
     const started = new Promise<void>((res, rej) => {
@@ -131,6 +140,20 @@ export class VcpuThread {
     return new VcpuThread(options.vcpu, worker, control, exited);
   }
 
+  /**
+   * Starts a vCPU worker ahead of its vCPU: the thread boots and loads `handlerModule`
+   * while the caller builds the VM (both take a while: a worker is a new isolate). It
+   * does not keep the process alive until started: pass it to {@link start} as
+   * `prepared` (same handler module), or {@link PreparedVcpuThread.dispose} it.
+   */
+  static prepare(handlerModule: string | URL): PreparedVcpuThread {
+    const href = moduleHref(handlerModule);
+    const workerData: PreparedVcpuWorkerData = { handlerModule: href };
+    const worker = new Worker(new URL("./vcpu-worker.js", import.meta.url), { workerData });
+    worker.unref();
+    return new PreparedVcpuThread(worker, href);
+  }
+
   /** Makes KVM_RUN return `interrupted` soon: sets immediate_exit, then signals the thread. */
   kick(): void {
     this.vcpu.immediateExit = true;
@@ -159,4 +182,42 @@ export class VcpuThread {
     this.kick();
     return this.exited;
   }
+}
+
+/** A vCPU worker booting ahead of its vCPU (see {@link VcpuThread.prepare}). */
+export class PreparedVcpuThread {
+  readonly handlerModule: string;
+  readonly #worker: Worker;
+  #taken = false;
+  #exited = false;
+
+  constructor(worker: Worker, handlerModule: string) {
+    this.#worker = worker;
+    this.handlerModule = handlerModule;
+    worker.once("exit", () => {
+      this.#exited = true;
+    });
+  }
+
+  /** @internal The worker, for {@link VcpuThread.start}: once, for the module it loaded, while it runs. */
+  take(handlerModule: string | URL): Worker {
+    const href = moduleHref(handlerModule);
+    if (this.#taken) throw new Error("this prepared vCPU thread was already started or disposed");
+    if (href !== this.handlerModule)
+      throw new Error(`the vCPU worker was prepared for ${this.handlerModule}, not ${href}`);
+    if (this.#exited) throw new Error("the prepared vCPU worker exited before it was started");
+    this.#taken = true;
+    return this.#worker;
+  }
+
+  /** Ends the worker without running a vCPU (e.g. the VM failed to build). */
+  async dispose(): Promise<void> {
+    if (this.#taken) return;
+    this.#taken = true;
+    await this.#worker.terminate();
+  }
+}
+
+function moduleHref(m: string | URL): string {
+  return m instanceof URL ? m.href : new URL(m, "file:///").href;
 }

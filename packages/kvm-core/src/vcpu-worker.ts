@@ -6,15 +6,26 @@ import { Vcpu } from "./vcpu.js";
 import {
   Control,
   type ExitHandlerFactory,
+  type PreparedVcpuWorkerData,
   ThreadState,
   type VcpuThreadResult,
   type VcpuWorkerContext,
   type VcpuWorkerData,
 } from "./vcpu-thread.js";
 
-const wd = workerData as VcpuWorkerData;
-const control = new Int32Array(wd.control);
 const port = parentPort!;
+const early = workerData as PreparedVcpuWorkerData;
+// Started ahead of its vCPU (VcpuThread.prepare): load the handler module now, while the
+// VMM builds the VM, then wait for the vCPU.
+const loading = import(early.handlerModule).then(
+  (m: { createExitHandler?: ExitHandlerFactory }) => m,
+  (e: unknown) => ({ error: e }),
+);
+const wd: VcpuWorkerData =
+  "vcpu" in early
+    ? (early as VcpuWorkerData)
+    : await new Promise((resolve) => port.once("message", (m: VcpuWorkerData) => resolve(m)));
+const control = new Int32Array(wd.control);
 const vcpu = Vcpu.fromDescriptor(wd.vcpu);
 const memory = GuestMemory.fromDescriptor(wd.memory);
 const stopRequested = () => Atomics.load(control, Control.STOP) !== 0;
@@ -26,7 +37,8 @@ let exits = 0;
 let started = false;
 let result: VcpuThreadResult;
 try {
-  const mod = (await import(wd.handlerModule)) as { createExitHandler?: ExitHandlerFactory };
+  const mod = await loading;
+  if ("error" in mod) throw mod.error;
   if (typeof mod.createExitHandler !== "function")
     throw new Error(`${wd.handlerModule} does not export createExitHandler(ctx)`);
   const ctx: VcpuWorkerContext = {

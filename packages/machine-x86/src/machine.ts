@@ -9,6 +9,7 @@ import {
   type CpuidEntry,
   EventFd,
   Kvm,
+  type PreparedVcpuThread,
   type Vcpu,
   VcpuThread,
   type VcpuThreadResult,
@@ -255,6 +256,7 @@ export class Machine {
   #firstOutput = false;
   #haltRips = "";
   #vcpus: Vcpu[] = [];
+  #prepared: PreparedVcpuThread[] = [];
   #handlerData: VcpuHandlerData | undefined;
   #ending: Promise<MachineExit> | undefined;
   #starting: Promise<void> | undefined;
@@ -301,6 +303,9 @@ export class Machine {
     startupPhase("options-checked");
     checkAcceleration(options.allowEmulated ?? false);
     startupPhase("acceleration-probed");
+    // Each vCPU's worker boots (a new isolate) and loads the exit handlers while the VM is built.
+    const handlerModule = handlerModuleUrl();
+    this.#prepared = Array.from({ length: cpus }, () => VcpuThread.prepare(handlerModule));
     this.#control = controlBlock(cpus);
 
     this.exited = new Promise((resolve) => {
@@ -506,6 +511,7 @@ export class Machine {
     const started = await Promise.allSettled(
       Array.from({ length: this.cpus }, (_, id) =>
         VcpuThread.start<VcpuHandlerData>({
+          ...(this.#prepared[id] ? { prepared: this.#prepared[id] } : {}),
           vcpu: this.#vcpu(id),
           memory: vm.memory,
           handlerModule,
@@ -653,6 +659,7 @@ export class Machine {
     if (this.#probeTimer) clearInterval(this.#probeTimer);
     if (this.#inputTimer) clearTimeout(this.#inputTimer);
     if (this.#txTimer) clearTimeout(this.#txTimer);
+    for (const p of this.#prepared) void p.dispose(); // those never started
     const results = await Promise.all(this.#threads.map((t) => t.stop()));
     process.off("exit", this.#onProcessExit);
     for (const r of results) this.#results[r.vcpuId] ??= r;
