@@ -86,7 +86,9 @@ export function probeAcceleration(path = "/dev/kvm", options: ProbeOptions = {})
         const r = vcpu.getRegs();
         vcpu.setRegs({ ...r, rip: 0x1000n, rflags: 2n });
         const t0 = process.hrtime.bigint();
-        const exit = vcpu.run();
+        let exit = vcpu.run();
+        // A signal for this thread (a profiler's SIGPROF, say) ends KVM_RUN early: go on.
+        while (exit.reason === "interrupted") exit = vcpu.run();
         const ns = Number(process.hrtime.bigint() - t0);
         if (exit.reason !== "io" || exit.port !== 0x10)
           throw new Error(`probe guest exited with ${exit.reason}`);
