@@ -135,7 +135,7 @@ export class Queue {
     this.#used = new GuestRange(memory, this.usedRing, sizes.usedRing);
   }
 
-  /** Rebuilds a queue from {@link state} (e.g. in a worker, over that worker's memory view). */
+  /** Rebuilds a queue from {@link Queue#state | state()} (e.g. in a worker, over that worker's memory view). */
   static fromState(state: QueueState, memory: GuestMemoryAccess): Queue {
     return new Queue(memory, state);
   }

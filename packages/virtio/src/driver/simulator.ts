@@ -612,7 +612,7 @@ export class VirtioDriverSimulator implements SimQueueHost {
 /**
  * A driver-side split queue over plain memory with no transport (rust-vmm's
  * `MockSplitQueue`): rings allocated from `heap`, plus the {@link QueueConfig}
- * to build the device-side {@link Queue} over the same memory.
+ * to build the device-side {@link index!Queue} over the same memory.
  */
 export function mockSplitQueue(
   memory: GuestMemoryAccess,
