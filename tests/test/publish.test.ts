@@ -153,12 +153,13 @@ describe("publish: each public package installs from its tarball with no compile
     env = { ...base, PATH: bin };
     hostEnv = { ...base, PATH: process.env.PATH };
 
+    const filters = Object.keys(SMOKE).flatMap((dir) => ["--filter", manifests.get(dir)!.name]);
+    await ok("pnpm", ["-r", ...filters, "pack", "--pack-destination", packs], {
+      cwd: root,
+      env: process.env,
+    });
     for (const dir of Object.keys(SMOKE)) {
       const m = manifests.get(dir)!;
-      await ok("pnpm", ["pack", "--pack-destination", packs], {
-        cwd: join(root, "packages", dir),
-        env: process.env,
-      });
       const file = join(packs, `${m.name.replace(/^@/, "").replace("/", "-")}-${m.version}.tgz`);
       expect(existsSync(file), file).toBe(true);
       tarballs.set(dir, file);
