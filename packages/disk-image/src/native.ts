@@ -15,7 +15,54 @@ export interface NativeConstants {
   F_UNLCK: number;
 }
 
-/** The C++ addon: fallocate(2), fcntl(2) OFD locks and batched preadv/pwritev. Every policy is in TypeScript. */
+/**
+ * One io_uring (src/native/async_io.cc): the ring mechanics only. `userData`
+ * is a slot number below `cqEntries`; it also names the storage that holds a
+ * READV / WRITEV's iovecs until the slot's next prep. Throws `{errno, syscall}`
+ * when io_uring_setup (or the mmap of the rings) fails.
+ */
+export interface NativeIoUring {
+  readonly sqEntries: number;
+  readonly cqEntries: number;
+  /** IORING_FEAT_* bits the kernel reported. */
+  readonly features: number;
+  /** IORING_REGISTER_EVENTFD: the kernel signals `fd` for each CQE it posts. */
+  registerEventfd(fd: number): void;
+  /**
+   * A READV (`write` false) or WRITEV of `buffers[start, start + count)`
+   * (1..1024 entries) at `offset`, the first one entered `skip` bytes in;
+   * `drain` sets IOSQE_IO_DRAIN. False when the SQ is full.
+   */
+  prepRw(
+    write: boolean,
+    fd: number,
+    offset: number,
+    buffers: readonly Uint8Array[],
+    start: number,
+    count: number,
+    skip: number,
+    userData: number,
+    drain: boolean,
+  ): boolean;
+  /** IORING_OP_FSYNC (IORING_FSYNC_DATASYNC with `datasync`). False when the SQ is full. */
+  prepFsync(fd: number, datasync: boolean, userData: number, drain: boolean): boolean;
+  /** IORING_OP_NOP. False when the SQ is full. */
+  prepNop(userData: number, drain: boolean): boolean;
+  /**
+   * One io_uring_enter for every prepared SQE, waiting for `waitFor` CQEs
+   * when > 0. Returns how many SQEs the kernel did not take (0 normally) or
+   * -errno for EAGAIN / EBUSY; EINTR is retried, other errors throw.
+   */
+  submit(waitFor: number): number;
+  /** Moves up to min(lengths) CQEs out: user_data and res. Returns the count. */
+  reap(userData: Uint32Array, results: Int32Array): number;
+  /** CQEs waiting to be reaped. */
+  cqReady(): number;
+  /** Waits for every SQE the kernel took, then unmaps the rings and closes the ring fd. Idempotent. */
+  close(): void;
+}
+
+/** The C++ addon: fallocate(2), fcntl(2) OFD locks, batched preadv/pwritev, eventfds and io_uring. Every policy is in TypeScript. */
 export interface NativeBinding {
   /**
    * `count` positional reads (`write` false) or writes, in order, one
@@ -38,6 +85,16 @@ export interface NativeBinding {
   /** Returns the `l_type` the kernel left in the struct (F_UNLCK from F_OFD_GETLK: no conflict). */
   ofdLock(fd: number, cmd: number, type: number, start: number, length: number): number;
   constants: NativeConstants;
+  /** A non-blocking, close-on-exec eventfd (counter 0). */
+  eventfd(): number;
+  /** Reads (clears) an eventfd: the counter it had, 0 when it was 0. */
+  eventfdRead(fd: number): number;
+  /** Adds 1 to an eventfd's counter (makes it readable). */
+  eventfdWrite(fd: number): void;
+  /** Absent when the addon was built without <linux/io_uring.h>. */
+  IoUring?: new (
+    entries: number,
+  ) => NativeIoUring;
 }
 
 const require = createRequire(import.meta.url);

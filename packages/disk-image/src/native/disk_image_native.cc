@@ -1,8 +1,8 @@
 // The native layer of @tskvm/disk-image: the system calls Node does not offer,
 // fallocate(2) and fcntl(2) open-file-description locks, and a batch of
-// positional preadv(2) / pwritev(2) calls in one call from JavaScript. Nothing
-// else: which modes, which bytes, what a conflict or an error means are decided
-// in TypeScript.
+// positional preadv(2) / pwritev(2) calls in one call from JavaScript (and,
+// in async_io.cc, eventfds and the io_uring ring). Nothing else: which modes,
+// which bytes, what a conflict or an error means are decided in TypeScript.
 #include <napi.h>
 
 #include <cerrno>
@@ -14,6 +14,9 @@
 #include <sys/uio.h>
 #include <unistd.h>
 #include <vector>
+
+// src/native/async_io.cc: eventfd helpers and the io_uring ring.
+void InitAsyncIo(Napi::Env env, Napi::Object exports);
 
 namespace {
 
@@ -194,6 +197,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("fallocate", Napi::Function::New(env, Fallocate));
   exports.Set("ofdLock", Napi::Function::New(env, OfdLock));
   exports.Set("rwBatch", Napi::Function::New(env, RwBatch));
+  InitAsyncIo(env, exports);
   // The ABI numbers, straight from the C headers this addon was built against.
   Napi::Object c = Napi::Object::New(env);
   c.Set("FALLOC_FL_KEEP_SIZE", Napi::Number::New(env, FALLOC_FL_KEEP_SIZE));
