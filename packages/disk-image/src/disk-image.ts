@@ -1,3 +1,4 @@
+import type { AsyncQueueOptions, DiskAsyncQueue } from "./async-queue.js";
 import { DiskImageError } from "./errors.js";
 import { totalLength } from "./io.js";
 
@@ -88,6 +89,12 @@ export interface DiskImage {
   readvBatch?(batch: DiskIoBatch): number;
   /** Optional: `writev` for each operation of `batch`, as {@link readvBatch}; `READ_ONLY` throws. */
   writevBatch?(batch: DiskIoBatch): number;
+  /**
+   * Optional (raw images have it; qcow2 and snapshot overlays do not): a queue
+   * of asynchronous requests on this image, completed out of order (io_uring,
+   * or a synchronous fallback). `CLOSED` after close(); close() closes it.
+   */
+  openAsyncQueue?(options: AsyncQueueOptions): DiskAsyncQueue;
   /**
    * Makes every write completed before the call durable (fdatasync of the data,
    * then of the metadata that points at it).

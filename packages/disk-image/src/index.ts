@@ -1,3 +1,10 @@
+export type {
+  AsyncEngineKind,
+  AsyncQueueOptions,
+  DiskAsyncQueue,
+  IoUringSupport,
+} from "./async-queue.js";
+export { ioUringSupport } from "./async-queue.js";
 export type { DiskImage, DiskImageFormat, DiskIoBatch, WriteZeroesOptions } from "./disk-image.js";
 export { checkRange, DiskImageBase } from "./disk-image.js";
 export type { DiskImageErrorCode, DiskImageErrorDetails } from "./errors.js";

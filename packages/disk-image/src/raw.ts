@@ -1,4 +1,5 @@
 import { closeSync, fdatasyncSync, constants as fsc, fstatSync, openSync, readFileSync } from "node:fs";
+import { type AsyncQueueOptions, type DiskAsyncQueue, openAsyncQueue } from "./async-queue.js";
 import { DiskImageBase, type DiskIoBatch } from "./disk-image.js";
 import { DiskImageError, errnoCodeOf, sys, wrapSystemError } from "./errors.js";
 import { IovCursor, preadvFull, pwritevFull, zeroBuffer } from "./io.js";
@@ -248,6 +249,38 @@ export class RawDiskImage extends DiskImageBase {
   }
 
   #results = new Float64Array(64);
+  readonly #queues = new Set<DiskAsyncQueue>();
+
+  /**
+   * An asynchronous queue on this image (io_uring, or the synchronous
+   * engine): see {@link DiskAsyncQueue}. Requests are checked as `readv` /
+   * `writev` check them, go through O_DIRECT when it can take them (else the
+   * buffered descriptor, as here), and the probe guard sees every write to the
+   * first sector. close() closes the image's queues first.
+   */
+  openAsyncQueue(options: AsyncQueueOptions): DiskAsyncQueue {
+    this.checkOpen("openAsyncQueue");
+    const queue = openAsyncQueue(
+      {
+        path: this.path,
+        size: this.size,
+        readOnly: this.readOnly,
+        fd: this.fd,
+        directAlignment: this.direct ? this.alignment : 0,
+        checkUsable: (what, write) => (write ? this.checkWritable(what) : this.checkOpen(what)),
+        bufferedFd: () => this.buffered(),
+        noteDirectFallback: () => {
+          this.directFallbacks++;
+        },
+        needsGuard: (offset, length) => this.probed && offset < PROBE_BYTES && length > 0,
+        writeGuarded: (offset, buffers) => this.writev(offset, buffers),
+        detach: (q) => this.#queues.delete(q),
+      },
+      options,
+    );
+    this.#queues.add(queue);
+    return queue;
+  }
 
   /**
    * One native call for the whole batch (one preadv / pwritev loop per
@@ -341,6 +374,8 @@ export class RawDiskImage extends DiskImageBase {
 
   protected doClose(): void {
     try {
+      // The queues use this image's descriptors: their requests finish first.
+      for (const q of [...this.#queues]) q.close();
       if (!this.readOnly) this.doFlush();
     } finally {
       if (this.bufferedFd >= 0) closeSync(this.bufferedFd);
