@@ -121,7 +121,7 @@ describe(`tskvm run boots Linux (${target.kind})`, () => {
   it("bad flags are usage errors (2)", () => {
     const r = get("bad flags") as R & { codes: number[]; stderr: string[] };
     expect(r.codes).toEqual([2, 2, 2, 2, 2]);
-    for (const e of r.stderr) expect(e).toMatch(/tskvm run: .+\nRun 'tskvm run --help' for usage\./);
+    for (const e of r.stderr) expect(e).toMatch(/^tskvm run: error: .+\nRun 'tskvm run --help' for usage\.$/);
   });
 
   it.each([
@@ -167,8 +167,8 @@ describe(`tskvm run boots Linux (${target.kind})`, () => {
   };
 
   it.each([
-    ["an uncaught exception", /tskvm: VMM error: injected exception/],
-    ["an unhandled rejection", /tskvm: VMM error: injected rejection/],
+    ["an uncaught exception", /tskvm run: error: injected exception/],
+    ["an unhandled rejection", /tskvm run: error: injected rejection/],
   ])("%s in the VMM while the guest spins stops the VM and exits 1 within 5 s", (what, message) => {
     const r = get(`VMM fault: ${what} while the guest spins`) as FaultRun;
     // The fault fires 200 ms after the guest's SPIN-START.

@@ -1,13 +1,16 @@
 import { readFileSync } from "node:fs";
 import {
   type Command,
+  CommandError,
   type CommandGroup,
   type CommandNode,
   ExitCode,
+  errorText,
   type Io,
   UsageError,
 } from "./command.js";
 import { rootCommand } from "./commands/index.js";
+import { exitCodesHelp } from "./exit-codes.js";
 
 const PROGRAM = "tskvm";
 
@@ -36,7 +39,8 @@ export function groupHelp(path: readonly string[], group: CommandGroup): string 
     `${path.length === 0 ? `${PROGRAM}: ` : ""}${group.summary}\n\n` +
     `Commands:\n${lines.join("\n")}\n\n` +
     `Options:\n${options.map(([o, d]) => `  ${o!.padEnd(optWidth)}  ${d}\n`).join("")}\n` +
-    `Run '${name} COMMAND --help' for the options of a command.\n`
+    `Run '${name} COMMAND --help' for the options of a command.\n` +
+    (path.length === 0 ? `\n${exitCodesHelp()}` : "")
   );
 }
 
@@ -45,16 +49,12 @@ function wantsHelp(args: readonly string[]): boolean {
   return (end < 0 ? args : args.slice(0, end)).some((a) => a === "--help" || a === "-h");
 }
 
-function usageError(io: Io, path: readonly string[], message: string): number {
-  const name = [PROGRAM, ...path].join(" ");
-  io.stderr(`${name}: ${message}\nRun '${name} --help' for usage.\n`);
-  return ExitCode.usage;
-}
-
 /**
  * Runs the `tskvm` command line `argv` (without `node` and the script) and returns the
  * exit code: {@link ExitCode.ok}, {@link ExitCode.usage} for a bad command line,
- * {@link ExitCode.error} when the command fails.
+ * {@link ExitCode.error} when the command fails. Every error is printed here, in one form:
+ * `tskvm CMD: error: MESSAGE` (then `  hint: ...` if there is one, or for a bad command
+ * line `Run 'tskvm CMD --help' for usage.`).
  */
 export async function main(
   argv: readonly string[],
@@ -65,6 +65,11 @@ export async function main(
   // `tskvm help guest build` is `tskvm guest build --help`.
   if (args[0] === "help") args = [...args.slice(1), "--help"];
   const path: string[] = [];
+  const name = () => [PROGRAM, ...path].join(" ");
+  const usage = (message: string): number => {
+    io.stderr(`${errorText(name(), new UsageError(message))}Run '${name()} --help' for usage.\n`);
+    return ExitCode.usage;
+  };
   let node: CommandNode = root;
   while (node.kind === "group") {
     const next = args[0];
@@ -83,10 +88,7 @@ export async function main(
     const child: CommandNode | undefined = Object.hasOwn(node.commands, next)
       ? node.commands[next]
       : undefined;
-    if (!child) {
-      const what = next.startsWith("-") ? `unknown option '${next}'` : `unknown command '${next}'`;
-      return usageError(io, path, what);
-    }
+    if (!child) return usage(next.startsWith("-") ? `unknown option '${next}'` : `unknown command '${next}'`);
     path.push(next);
     args = args.slice(1);
     node = child;
@@ -99,10 +101,8 @@ export async function main(
   try {
     return await command.run(args, io);
   } catch (e) {
-    if (e instanceof UsageError) return usageError(io, path, e.message);
-    const err = e as Error;
-    const detail = process.env.TSKVM_DEBUG ? (err.stack ?? String(err)) : (err.message ?? String(err));
-    io.stderr(`${[PROGRAM, ...path].join(" ")}: error: ${detail}\n`);
-    return ExitCode.error;
+    if (e instanceof UsageError) return usage(e.message);
+    io.stderr(errorText(name(), e));
+    return e instanceof CommandError ? e.exitCode : ExitCode.error;
   }
 }

@@ -1,7 +1,6 @@
-// `-d/--disk PATH[,ro][,snapshot][,direct][,format=F][,serial=S]`: a virtio-blk PCI
-// device on the x86 machine, served by its own worker (@tskvm/virtio-worker with
-// @tskvm/virtio-blk's device module). This file is the flag and the disk checks;
-// the wiring is the runtime's `workerPciDevice`.
+// `-d/--disk PATH[,ro][,snapshot][,direct][,format=F][,serial=S][,thread=own|shared]`: a
+// virtio-blk PCI device on the x86 machine (@tskvm/virtio-blk's `virtioBlkPciDevice`).
+// This file is the flag and the disk checks; the device wiring is virtio-blk's.
 
 import { accessSync, constants as fsc, realpathSync, statSync } from "node:fs";
 import {
@@ -11,9 +10,8 @@ import {
   openDiskImage,
   probeFormat,
 } from "@tskvm/disk-image";
-import type { MachinePciDeviceFactory } from "@tskvm/machine-x86";
-import { BLK_DEVICE_MODULE, type BlkModuleData } from "@tskvm/virtio-blk";
-import { type SharedDeviceWorker, workerPciDevice } from "@tskvm/virtio-worker";
+import type { VirtioBlkPciDeviceOptions } from "@tskvm/virtio-blk";
+import type { SharedDeviceWorker } from "@tskvm/virtio-worker";
 import { UsageError } from "./command.js";
 
 export interface DiskSpec {
@@ -258,29 +256,20 @@ export function checkDisks(disks: readonly DiskSpec[]): string[] {
 }
 
 /**
- * A machine device for one disk: virtio-blk's device module served on its own
- * worker by @tskvm/virtio-worker, which opens the image there (and holds its lock).
+ * The `virtioBlkPciDevice` options for a `-d` disk: served by a worker of its own, or by
+ * `sharedThread` when the spec says `thread=shared`.
  */
-/** The disk's PCI function; `sharedThread` serves it when the spec says `thread=shared`. */
-export function blkPciDevice(disk: DiskSpec, sharedThread?: SharedDeviceWorker): MachinePciDeviceFactory {
-  if (disk.thread === "shared" && sharedThread === undefined)
-    throw new Error(`disk ${disk.path}: thread=shared, but no shared thread was given`);
-  const data: BlkModuleData = {
-    image: {
-      path: disk.path,
-      readOnly: disk.readOnly,
-      snapshot: disk.snapshot,
-      direct: disk.direct,
-      ...(disk.format ? { format: disk.format } : {}),
-    },
-    device: disk.serial !== undefined ? { serial: disk.serial } : {},
+export function diskDeviceOptions(
+  disk: DiskSpec,
+  sharedThread: SharedDeviceWorker,
+): VirtioBlkPciDeviceOptions {
+  return {
+    path: disk.path,
+    readOnly: disk.readOnly,
+    snapshot: disk.snapshot,
+    direct: disk.direct,
+    ...(disk.format ? { format: disk.format } : {}),
+    ...(disk.serial !== undefined ? { serial: disk.serial } : {}),
+    ...(disk.thread === "shared" ? { thread: sharedThread } : {}),
   };
-  return workerPciDevice({
-    module: BLK_DEVICE_MODULE,
-    data,
-    name: `disk ${disk.path}`,
-    ...(disk.thread === "shared" && sharedThread ? { thread: sharedThread } : {}),
-    // disk-image's messages already begin with the path: name it once.
-    startError: (m) => (m.startsWith(`${disk.path}: `) ? `disk ${m}` : `disk ${disk.path}: ${m}`),
-  });
 }

@@ -7,6 +7,16 @@ const EXIT_BACKSTOP_MS = 2000;
 process.exitCode = await main(process.argv.slice(2), {
   stdout: (text) => process.stdout.write(text),
   stderr: (text) => process.stderr.write(text),
+  // Progress lines only where someone watches them redraw.
+  ...(process.stderr.isTTY
+    ? {
+        stderrTerminal: {
+          get columns() {
+            return process.stderr.columns || 80;
+          },
+        },
+      }
+    : {}),
 });
 // E.g. after a VMM error, the code that threw may have left timers or handles behind.
 setTimeout(() => process.exit(), EXIT_BACKSTOP_MS).unref();

@@ -4,7 +4,15 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ExitCode, main } from "../src/index.js";
+import {
+  type Command,
+  type CommandNode,
+  EXIT_CODES,
+  ExitCode,
+  exitCodesHelp,
+  main,
+  rootCommand,
+} from "../src/index.js";
 
 const pkgDir = join(dirname(fileURLToPath(import.meta.url)), "..");
 const mainJs = join(pkgDir, "dist", "main.js");
@@ -44,6 +52,63 @@ describe("tskvm dispatcher", () => {
     });
   });
 
+  it("says what each exit code means once, for every code", () => {
+    expect(EXIT_CODES.map((c) => c.code).sort((a, b) => a - b)).toEqual(
+      Object.values(ExitCode).sort((a, b) => a - b),
+    );
+    for (const c of EXIT_CODES) expect(ExitCode[c.name], c.name).toBe(c.code);
+  });
+
+  it("lists the exit codes in tskvm --help, tskvm run --help and the README as exit-codes.ts has them", async () => {
+    const all = exitCodesHelp();
+    for (const c of EXIT_CODES) expect(all).toMatch(new RegExp(`^  ${c.code} +\\S`, "m"));
+    expect((await inProcess(["--help"])).stdout).toContain(`\n${all}`);
+    expect((await inProcess(["run", "--help"])).stdout).toContain(`\n${all}`);
+    for (const cmd of [
+      ["guest", "build"],
+      ["image", "create"],
+      ["image", "info"],
+    ])
+      expect((await inProcess([...cmd, "--help"])).stdout, cmd.join(" ")).toContain(
+        `\n${exitCodesHelp(["ok", "error", "usage"])}`,
+      );
+    // The README's table: | code | `ExitCode.name` | meaning |, the same rows in the same order.
+    const readme = readFileSync(join(pkgDir, "README.md"), "utf8");
+    const table = readme.slice(readme.indexOf("## Exit codes"));
+    const rows = [...table.matchAll(/^\| (\d+) +\| `ExitCode\.(\w+)` +\| (.+?) +\|$/gm)].map((m) => ({
+      code: Number(m[1]),
+      name: m[2],
+      meaning: m[3],
+    }));
+    expect(rows).toEqual(EXIT_CODES);
+  });
+
+  it("lists every option of every command in its --help", () => {
+    const commands: Array<[string, Command]> = [];
+    const walk = (path: string, node: CommandNode) => {
+      if (node.kind === "command") commands.push([path, node]);
+      else for (const [name, child] of Object.entries(node.commands)) walk(`${path} ${name}`, child);
+    };
+    walk("tskvm", rootCommand);
+    expect(commands.map(([p]) => p).sort()).toEqual([
+      "tskvm guest build",
+      "tskvm image create",
+      "tskvm image info",
+      "tskvm run",
+    ]);
+    for (const [path, command] of commands) {
+      // An option's line in the Options section: "  -b, --backing FILE" or "      --force".
+      const options = command.help.slice(command.help.indexOf("\nOptions"));
+      for (const [long, spec] of Object.entries(command.options)) {
+        const at = spec.short ? `  -${spec.short}, --${long}` : `  --${long}`;
+        expect(options, `${path} --help lists ${at.trim()}`).toMatch(
+          new RegExp(`^ *${at.trim().replace(/[-,]/g, "\\$&")}(?![\\w-])`, "m"),
+        );
+      }
+      expect(options, path).toMatch(/^ {2}-h, --help +show this help$/m);
+    }
+  });
+
   it("is an executable node script", () => {
     expect(readFileSync(mainJs, "utf8").startsWith("#!/usr/bin/env node\n")).toBe(true);
     accessSync(mainJs, constants.X_OK);
@@ -77,21 +142,42 @@ describe("tskvm dispatcher", () => {
     expect((await inProcess(["guest", "build", "--bogus", "--help"])).status).toBe(ExitCode.ok);
   });
 
-  it("exits 2 with a message on stderr for usage errors", () => {
+  it("exits 2 with a message on stderr for usage errors", { timeout: 60_000 }, () => {
     const cases: Array<[string[], RegExp]> = [
       [[], /^Usage: tskvm COMMAND/],
-      [["frobnicate"], /^tskvm: unknown command 'frobnicate'/],
-      [["--bogus"], /^tskvm: unknown option '--bogus'/],
+      [["frobnicate"], /^tskvm: error: unknown command 'frobnicate'\nRun 'tskvm --help' for usage\.\n$/],
+      [["--bogus"], /^tskvm: error: unknown option '--bogus'/],
       [["guest"], /^Usage: tskvm guest COMMAND/],
-      [["guest", "nope"], /^tskvm guest: unknown command 'nope'/],
+      [["guest", "nope"], /^tskvm guest: error: unknown command 'nope'/],
       [
         ["guest", "build", "--bogus"],
-        /^tskvm guest build: unknown option '--bogus'\nRun 'tskvm guest build --help'/,
+        /^tskvm guest build: error: unknown option '--bogus'\nRun 'tskvm guest build --help' for usage\.\n$/,
       ],
-      [["guest", "build", "extra"], /^tskvm guest build: unexpected argument 'extra'/],
-      [["guest", "build", "--cache-dir"], /^tskvm guest build: .*--cache-dir/],
-      [["guest", "build", "--json=yes"], /^tskvm guest build: .*--json/],
-      [["run", "--console", "tty"], /^tskvm run: --console must be serial or virtio, not 'tty'/],
+      [["guest", "build", "extra"], /^tskvm guest build: error: unexpected argument 'extra'/],
+      [["guest", "build", "--cache-dir"], /^tskvm guest build: error: --cache-dir needs a value\n/],
+      [["guest", "build", "--json=yes"], /^tskvm guest build: error: --json takes no value\n/],
+      [["run", "--console", "tty"], /^tskvm run: error: --console must be serial or virtio, not 'tty'/],
+      [["run", "-c"], /^tskvm run: error: -c\/--cpus needs a value\n/],
+      [
+        ["run", "-m", "12x"],
+        /^tskvm run: error: -m\/--mem: '12x' is not a size; .* e\.g\. -m 512 or -m 1\.5G\n/,
+      ],
+      [["run", "-m", "1.3G"], /^tskvm run: error: -m\/--mem must be a whole number of MiB, not '1\.3G'/],
+      [["run", "-m", "16M"], /^tskvm run: error: -m\/--mem must be from 32M to 1T, not '16M'/],
+      [["run", "kernel", "extra"], /^tskvm run: error: unexpected argument 'extra'/],
+      [["run", "-k", "a", "b"], /^tskvm run: error: the kernel is given twice \('a' and 'b'\)/],
+      [
+        ["image", "create", "d.qcow2", "10X"],
+        /^tskvm image create: error: SIZE: '10X' is not a size; .* e\.g\. 'tskvm image create disk\.qcow2 10G'\n/,
+      ],
+      [
+        ["image", "create", "d.qcow2"],
+        /^tskvm image create: error: SIZE is required without a backing file \(-b\)/,
+      ],
+      [
+        ["image", "info", "--output", "yaml", "d.qcow2"],
+        /^tskvm image info: error: --output must be human or json/,
+      ],
     ];
     for (const [args, message] of cases) {
       const r = tskvm(args);
@@ -115,6 +201,9 @@ describe("tskvm guest build", () => {
     expect(out.kernel!.startsWith(join(cacheDir, "guest-kit"))).toBe(true);
     expect(r.stderr).toMatch(/^tskvm: downloading linux-image-/m);
     expect(r.stderr).toMatch(/^tskvm: guest kit ready/m);
+    // stderr is a pipe here: whole lines only, no progress redrawn in place.
+    expect(r.stderr).not.toContain("\r");
+    expect(r.stderr).not.toContain("\x1b");
 
     // second run: from the cache, same answer
     const again = tskvm(["guest", "build", "--json", "--cache-dir", cacheDir]);
@@ -128,6 +217,41 @@ describe("tskvm guest build", () => {
     expect(human.status).toBe(ExitCode.ok);
     expect(human.stdout).toContain(`kernel  ${out.kernel}\ninitrd  ${out.initrd}\n`);
     expect(human.stdout).toContain('tskvm.cmd="COMMAND"');
+  }, 300_000);
+
+  it("on a terminal, shows bytes and rate on one line redrawn in place, cleared before each message", async () => {
+    let stdout = "";
+    let stderr = "";
+    const columns = 120;
+    const status = await main(["guest", "build", "--json", "--force", "--cache-dir", cacheDir], {
+      stdout: (t) => (stdout += t),
+      stderr: (t) => (stderr += t),
+      stderrTerminal: { columns },
+    });
+    expect(status, stderr).toBe(ExitCode.ok);
+    expect(Object.keys(JSON.parse(stdout) as object)).toEqual(["kernel", "initrd"]);
+    const redraw = "\r\x1b[K";
+    // A draw is what follows a redraw up to the next one; a message after a clear ends with "\n".
+    const draws = stderr
+      .split(redraw)
+      .slice(1)
+      .filter((d) => d !== "" && !d.includes("\n"));
+    // e.g. "tskvm: unpacking linux-image-6.1.0-57-amd64_6.1.192-3.deb  12.5 MiB / 67.3 MiB  25.1 MiB/s"
+    const line =
+      /^tskvm: (downloading|unpacking|packing) \S+ {2}[\d.]+ (B|KiB|MiB) \/ [\d.]+ (KiB|MiB)( {2}[\d.]+ (B|KiB|MiB|GiB)\/s)?$/;
+    for (const d of draws) {
+      expect(d.length, d).toBeLessThan(columns);
+      expect(d).toMatch(line);
+    }
+    expect(draws.some((d) => /^tskvm: downloading linux-image-/.test(d))).toBe(true);
+    expect(draws.some((d) => /^tskvm: unpacking linux-image-.*\/s$/.test(d))).toBe(true);
+    // What stays on the screen: the messages, each on a line of its own, and no progress left over.
+    const screen = stderr
+      .split("\n")
+      .map((l) => (l.includes(redraw) ? l.slice(l.lastIndexOf(redraw) + redraw.length) : l));
+    expect(screen.at(-1)).toBe("");
+    for (const l of screen.slice(0, -1)) expect(l).toMatch(/^tskvm: /);
+    expect(screen).toContainEqual(expect.stringMatching(/^tskvm: guest kit ready/));
   }, 300_000);
 
   it("uses $XDG_CACHE_HOME/tskvm by default", () => {

@@ -1,6 +1,5 @@
 import { readFileSync } from "node:fs";
 import { constants } from "node:os";
-import { buildGuestKit } from "@tskvm/guest-kit";
 import {
   AccelerationError,
   createMachine,
@@ -8,26 +7,41 @@ import {
   type MachineExit,
   parseBzImage,
 } from "@tskvm/machine-x86";
+import { virtioBlkPciDevice } from "@tskvm/virtio-blk";
+import { VirtioConsolePci } from "@tskvm/virtio-console";
+import { virtioRngPciDevice } from "@tskvm/virtio-rng";
 import { SharedDeviceWorker } from "@tskvm/virtio-worker";
-import { type Command, ExitCode, type Io, parseCommandArgs, UsageError } from "../command.js";
-import { parseConsoleKind, terminalSize, VirtioConsole } from "../console.js";
-import { blkPciDevice, checkDisks, parseDiskSpec } from "../disk.js";
-import { rngPciDevice } from "../rng.js";
+import {
+  type Command,
+  CommandError,
+  ExitCode,
+  errorText,
+  type Io,
+  type OptionSpecs,
+  parseCommandArgs,
+  UsageError,
+} from "../command.js";
+import { parseConsoleKind, terminalSize } from "../console.js";
+import { checkDisks, diskDeviceOptions, parseDiskSpec } from "../disk.js";
+import { exitCodesHelp } from "../exit-codes.js";
+import { buildGuestKitWithProgress } from "../progress.js";
+import { parseSize } from "../size.js";
 import { ConsoleTerminal } from "../terminal.js";
 
-export const RUN_HELP = `Usage: tskvm run [OPTIONS]
+export const RUN_HELP = `Usage: tskvm run [OPTIONS] [KERNEL]
 
-Boots a Linux guest with its console on this terminal. Without --kernel and
---initrd it boots the default guest (see 'tskvm guest build'): a Debian kernel
-and a busybox initramfs that gives a shell, or runs the command given with
+Boots a Linux guest with its console on this terminal. Without a kernel it
+boots the default guest (see 'tskvm guest build'): a Debian kernel and a busybox
+initramfs that gives a shell, or runs the command given with
 -p 'tskvm.cmd="COMMAND"' and powers off.
 
-Options (as kvmtool's lkvm run):
+Options (as kvmtool's lkvm run; the kernel may also come last, as there):
   -k, --kernel FILE   the kernel, a bzImage (default: the default guest's)
-  -i, --initrd FILE   an initramfs (default: the default guest's, if no --kernel)
+  -i, --initrd FILE   an initramfs (default: the default guest's, if no kernel)
   -p, --params STR    kernel parameters, appended to the defaults
                       (console=ttyS0 reboot=k panic=1 pci=conf1 acpi=off ...)
-  -m, --mem MIB       guest RAM in MiB, or with a G suffix (default 256)
+  -m, --mem SIZE      guest RAM: MiB, or with a K, M, G or T suffix (powers of
+                      1024): 512, 1.5G (default 256)
   -c, --cpus N        number of vCPUs (default 1)
   -d, --disk SPEC     a virtio-blk disk; repeat for more (/dev/vda, vdb, ...).
                       SPEC is PATH[,ro][,snapshot][,direct][,format=raw|qcow2]
@@ -48,32 +62,31 @@ Console: the terminal is in raw mode while the guest runs, so Ctrl-C goes to
 the guest. Press Ctrl-A then x to quit; Ctrl-A Ctrl-A sends a Ctrl-A.
 Standard input and output may be pipes too (no raw mode, no escape key).
 
-Exit codes:
-  0    the guest powered off or rebooted
-  1    VMM error (no usable KVM, unreadable or bad kernel, an internal error:
-       the VM is stopped, its disks flushed and closed, the terminal restored)
-  2    bad command line
-  3    the guest crashed (kernel panic, triple fault)
-  129/130/143  stopped by SIGHUP/SIGINT/SIGTERM (or 130 for Ctrl-A x)
-
-A stop that takes longer than 4 s, or a second signal while stopping, ends
-tskvm at once: the terminal is restored and it dies of that signal.
+${exitCodesHelp()}
+On a VMM error the VM is stopped, its disks flushed and closed and the terminal
+restored before tskvm exits 1. A stop that takes longer than 4 s, or a second
+signal while stopping, ends tskvm at once: the terminal is restored and it dies
+of that signal.
 `;
+
+const MIB = 1024 * 1024;
 
 function positiveInt(name: string, v: string | undefined, def: number, max: number): number {
   if (v === undefined) return def;
-  if (!/^\d+$/.test(v)) throw new UsageError(`${name} must be a whole number, not '${v}'`);
+  if (!/^\d+$/.test(v))
+    throw new UsageError(`${name} must be a whole number, e.g. ${name.split("/")[0]} 2, not '${v}'`);
   const n = Number(v);
   if (n < 1 || n > max) throw new UsageError(`${name} must be from 1 to ${max}, not ${n}`);
   return n;
 }
 
+/** `-m` as lkvm reads it: MiB, or a size with a suffix; whole MiB, 32 MiB to 1 TiB. */
 function memMiB(v: string | undefined): number {
   if (v === undefined) return 256;
-  const m = /^(\d+)([MmGg]?)$/.exec(v);
-  if (!m) throw new UsageError(`--mem must be MiB (e.g. 512) or with a G suffix (e.g. 2G), not '${v}'`);
-  const n = Number(m[1]) * (m[2]?.toLowerCase() === "g" ? 1024 : 1);
-  if (n < 32 || n > 1024 * 1024) throw new UsageError(`--mem must be from 32 MiB to 1 TiB, not ${n} MiB`);
+  const bytes = parseSize(v, { name: "-m/--mem", unit: "M", example: "-m 512 or -m 1.5G" });
+  if (bytes % MIB !== 0) throw new UsageError(`-m/--mem must be a whole number of MiB, not '${v}'`);
+  const n = bytes / MIB;
+  if (n < 32 || n > 1024 * 1024) throw new UsageError(`-m/--mem must be from 32M to 1T, not '${v}'`);
   return n;
 }
 
@@ -84,7 +97,7 @@ function readInput(what: string, path: string): Buffer {
     const code = (e as NodeJS.ErrnoException).code;
     const why =
       code === "ENOENT" ? "no such file" : code === "EACCES" ? "permission denied" : (e as Error).message;
-    throw new Error(`cannot read the ${what} ${path}: ${why}`);
+    throw new CommandError(`cannot read the ${what} ${path}: ${why}`);
   }
 }
 
@@ -122,12 +135,12 @@ export const STOP_GRACE_MS = 4000;
 
 const SIGNALS: readonly NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
 
-function describeError(e: unknown): string {
-  if (!(e instanceof Error)) return String(e);
-  return process.env.TSKVM_DEBUG ? (e.stack ?? e.message) : e.message;
-}
+/** How `tskvm run` names itself in its errors. */
+const ME = "tskvm run";
 
-async function runMachine(m: Machine, io: Io, hvc?: VirtioConsole): Promise<number> {
+const errorMessage = (e: unknown): string => (e instanceof Error ? e.message : String(e));
+
+async function runMachine(m: Machine, io: Io, hvc?: VirtioConsolePci): Promise<number> {
   const term = new ConsoleTerminal(process.stdin);
   let signal: NodeJS.Signals | undefined;
   let failed = false;
@@ -145,7 +158,7 @@ async function runMachine(m: Machine, io: Io, hvc?: VirtioConsole): Promise<numb
   const hardExit = (by: NodeJS.Signals | undefined, why: string): never => {
     restore();
     removeHandlers();
-    io.stderr(`tskvm: ${why}: exiting without a clean stop (disks may not be flushed)\n`);
+    io.stderr(`${ME}: error: ${why}: exiting without a clean stop (disks may not be flushed)\n`);
     if (by) process.kill(process.pid, by);
     // Still here (someone else handles that signal): exit; Node waits for worker
     // threads then, so first get the vCPUs out of KVM_RUN.
@@ -166,12 +179,12 @@ async function runMachine(m: Machine, io: Io, hvc?: VirtioConsole): Promise<numb
   // trusted to go on, but its disks still get flushed and closed and the terminal back.
   const onFatal = (e: unknown) => {
     if (failed) {
-      io.stderr(`tskvm: another VMM error while stopping: ${describeError(e)}\n`);
+      io.stderr(errorText(ME, new Error(`another VMM error while stopping: ${errorMessage(e)}`)));
       return;
     }
     failed = true;
     restore();
-    io.stderr(`\ntskvm: VMM error: ${describeError(e)}\n`);
+    io.stderr(`\n${errorText(ME, e)}`);
     stopWithin(STOP_GRACE_MS);
   };
   const removeHandlers = () => {
@@ -188,13 +201,8 @@ async function runMachine(m: Machine, io: Io, hvc?: VirtioConsole): Promise<numb
   if (hvc) process.stdout.on("resize", onResize);
   try {
     m.console.output.on("data", (b: Buffer) => process.stdout.write(b));
-    try {
-      await m.start();
-    } catch (e) {
-      restore();
-      io.stderr(`tskvm: ${(e as Error).message}\n`);
-      return ExitCode.error;
-    }
+    // A device that cannot start (e.g. a disk's worker) fails here: the dispatcher reports it.
+    await m.start();
     const onQuit = () => {
       if (signal || failed) return;
       signal = "SIGINT";
@@ -211,7 +219,7 @@ async function runMachine(m: Machine, io: Io, hvc?: VirtioConsole): Promise<numb
     const exit = await m.exited;
     restore();
     if (failed) {
-      io.stderr("tskvm: the VM was stopped after the error above\n");
+      io.stderr(`${ME}: the VM was stopped after the error above\n`);
       return ExitCode.error;
     }
     const detail = exit.detail ? `: ${exit.detail}` : "";
@@ -227,45 +235,47 @@ async function runMachine(m: Machine, io: Io, hvc?: VirtioConsole): Promise<numb
   }
 }
 
+const RUN_OPTIONS = {
+  kernel: { type: "string", short: "k" },
+  initrd: { type: "string", short: "i" },
+  params: { type: "string", short: "p" },
+  mem: { type: "string", short: "m" },
+  cpus: { type: "string", short: "c" },
+  disk: { type: "string", short: "d", multiple: true },
+  snapshot: { type: "boolean" },
+  rng: { type: "boolean" },
+  console: { type: "string" },
+} as const satisfies OptionSpecs;
+
 export const run: Command = {
   kind: "command",
-  summary: "boot a Linux guest (the default guest unless --kernel is given)",
+  summary: "boot a Linux guest (the default guest unless a kernel is given)",
   help: RUN_HELP,
+  options: RUN_OPTIONS,
   async run(args, io) {
-    const { values } = parseCommandArgs(args, {
-      kernel: { type: "string", short: "k" },
-      initrd: { type: "string", short: "i" },
-      params: { type: "string", short: "p" },
-      mem: { type: "string", short: "m" },
-      cpus: { type: "string", short: "c" },
-      disk: { type: "string", short: "d", multiple: true },
-      snapshot: { type: "boolean" },
-      rng: { type: "boolean" },
-      console: { type: "string" },
-    });
+    const { values, positionals } = parseCommandArgs(args, RUN_OPTIONS, 1);
+    if (values.kernel !== undefined && positionals[0] !== undefined)
+      throw new UsageError(
+        `the kernel is given twice ('${values.kernel}' and '${positionals[0]}'): use -k/--kernel or the KERNEL argument`,
+      );
     const consoleKind = parseConsoleKind(values.console);
     const disks = (values.disk ?? []).map(parseDiskSpec);
     if (values.snapshot) for (const d of disks) d.snapshot = true;
     const mem = memMiB(values.mem);
-    const cpus = positiveInt("--cpus", values.cpus, 1, 254);
+    const cpus = positiveInt("-c/--cpus", values.cpus, 1, 254);
     // Every disk is checked (exists, format, locks) before the guest kit or KVM is looked at.
-    try {
-      for (const warning of checkDisks(disks)) io.stderr(`tskvm: warning: ${warning}\n`);
-    } catch (e) {
-      io.stderr(`tskvm: ${(e as Error).message}\n`);
-      return ExitCode.error;
-    }
-    let kernel = values.kernel;
+    for (const warning of checkDisks(disks)) io.stderr(`${ME}: warning: ${warning}\n`);
+    let kernel = values.kernel ?? positionals[0];
     let initrd = values.initrd;
     if (kernel === undefined) {
-      const kit = await buildGuestKit({ log: (l) => io.stderr(`tskvm: ${l}\n`) });
+      const kit = await buildGuestKitWithProgress(io);
       kernel = kit.kernel;
       initrd ??= kit.initrd;
     }
     const slowDevices = new SharedDeviceWorker({ name: "tskvm-slow-devices" });
     const hvc =
       consoleKind === "virtio"
-        ? new VirtioConsole({
+        ? new VirtioConsolePci({
             thread: slowDevices,
             size: terminalSize(process.stdout),
             // Its worker reads stdin and writes stdout itself; Ctrl-A x only from a terminal.
@@ -290,21 +300,17 @@ export const run: Command = {
         // Each disk on a worker of its own (unless thread=shared); the rng and the console on
         // the thread shared by slow devices.
         devices: [
-          ...disks.map((d) => blkPciDevice(d, slowDevices)),
-          ...(values.rng ? [rngPciDevice({ thread: slowDevices })] : []),
+          ...disks.map((d) => virtioBlkPciDevice(diskDeviceOptions(d, slowDevices))),
+          ...(values.rng ? [virtioRngPciDevice({ thread: slowDevices })] : []),
           ...(hvc ? [hvc.device] : []),
         ],
       });
     } catch (e) {
-      if (e instanceof AccelerationError) {
-        io.stderr(
-          `tskvm: ${e.message}.\n` +
-            "tskvm: the project's tests boot Linux inside a nested-KVM sandbox on such machines (see the README).\n",
-        );
-        return ExitCode.error;
-      }
-      io.stderr(`tskvm: ${(e as Error).message}\n`);
-      return ExitCode.error;
+      if (e instanceof AccelerationError)
+        throw new CommandError(e.message, {
+          hint: "the project's tests boot Linux inside a nested-KVM sandbox on such machines (see the README).",
+        });
+      throw e;
     }
     return runMachine(machine, io, hvc);
   },
