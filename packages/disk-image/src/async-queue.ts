@@ -463,24 +463,31 @@ class AsyncQueue implements DiskAsyncQueue {
   #prep(s: Slot, id = s.id): void {
     const ring = this.#ring!;
     let ok: boolean;
-    if (s.kind === FLUSH) {
-      // A read-only image has nothing to sync (DiskImage.flush does nothing): a NOP keeps the barrier.
-      ok = this.#host.readOnly ? ring.prepNop(id, true) : ring.prepFsync(s.fd, true, id, true);
-    } else if (s.done >= s.length) {
-      ok = ring.prepNop(id, false);
-    } else {
-      const count = Math.min(IOV_MAX, s.buffers.length - s.index);
-      ok = ring.prepRw(
-        s.kind === WRITE,
-        s.fd,
-        s.offset + s.done,
-        s.buffers,
-        s.index,
-        count,
-        s.skip,
-        id,
-        false,
-      );
+    try {
+      if (s.kind === FLUSH) {
+        // A read-only image has nothing to sync (DiskImage.flush does nothing): a NOP keeps the barrier.
+        ok = this.#host.readOnly ? ring.prepNop(id, true) : ring.prepFsync(s.fd, true, id, true);
+      } else if (s.done >= s.length) {
+        ok = ring.prepNop(id, false);
+      } else {
+        const count = Math.min(IOV_MAX, s.buffers.length - s.index);
+        ok = ring.prepRw(
+          s.kind === WRITE,
+          s.fd,
+          s.offset + s.done,
+          s.buffers,
+          s.index,
+          count,
+          s.skip,
+          id,
+          false,
+        );
+      }
+    } catch {
+      // The native side refused the buffers (one shrank: detached while in flight): fail this request only.
+      this.#complete(s, -E.EINVAL, id);
+      this.#signal();
+      return;
     }
     // The SQ has at least `depth` entries and a request never has two SQEs.
     if (!ok) throw new Error("disk-image async queue: the submission queue is full (a bug)");
@@ -663,7 +670,12 @@ class AsyncQueue implements DiskAsyncQueue {
       this.#bCounts[i] = s.buffers.length;
       for (const b of s.buffers) buffers.push(b);
     }
-    this.#native.rwBatch(fd, write, count, this.#bOffsets, this.#bCounts, buffers, this.#bResults);
+    try {
+      this.#native.rwBatch(fd, write, count, this.#bOffsets, this.#bCounts, buffers, this.#bResults);
+    } catch {
+      // Refused arguments (a buffer detached since it was queued): every request of the batch fails.
+      this.#bResults.fill(-E.EINVAL, 0, count);
+    }
     buffers.length = 0;
     for (let i = 0; i < count; i++) {
       const id = ids[i]!;
@@ -687,7 +699,11 @@ class AsyncQueue implements DiskAsyncQueue {
     const offsets = new Float64Array([s.offset]);
     const counts = new Int32Array([s.buffers.length]);
     const results = new Float64Array(1);
-    this.#native.rwBatch(fd, write, 1, offsets, counts, s.buffers, results);
+    try {
+      this.#native.rwBatch(fd, write, 1, offsets, counts, s.buffers, results);
+    } catch {
+      return -E.EINVAL;
+    }
     return results[0]!;
   }
 
