@@ -152,6 +152,9 @@ class IoUring : public Napi::ObjectWrap<IoUring> {
       Napi::TypeError::New(env, "new IoUring(entries 1..4096)").ThrowAsJavaScriptException();
       return;
     }
+    // No flags: in particular no COOP_TASKRUN / DEFER_TASKRUN, which would leave a
+    // completion unposted (and the eventfd quiet) until this thread enters the
+    // kernel for io_uring, while it may be asleep in poll() on that eventfd.
     struct io_uring_params p;
     memset(&p, 0, sizeof p);
     int fd = static_cast<int>(::syscall(__NR_io_uring_setup, static_cast<unsigned>(entries), &p));
