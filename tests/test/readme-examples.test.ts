@@ -7,7 +7,15 @@
 // sandbox share one sandbox boot (plus one fresh run for a Linux example that failed, which
 // may be the sandbox's lost boot).
 import { spawn } from "node:child_process";
-import { mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { buildGuestKit } from "@tskvm/guest-kit";
@@ -23,25 +31,16 @@ const driver = fileURLToPath(new URL("../fixtures/readme-examples.mjs", import.m
 const work = fileURLToPath(new URL("../node_modules/.cache/readme-examples/", import.meta.url));
 
 /** Bounds per example run, from the start of node to its exit. */
-const TIMEOUT_MS = { none: 60_000, kvm: 120_000, linux: 10 * 60_000 } as const;
+const TIMEOUT_MS = { none: 60_000, kvm: 120_000, linux: 5 * 60_000 } as const;
 
-const packageDirs = readdirSync(join(root, "packages")).filter((d) => {
-  try {
-    readFileSync(join(root, "packages", d, "package.json"));
-    return true;
-  } catch {
-    return false;
-  }
-});
+const packageDirs = readdirSync(join(root, "packages")).filter((d) =>
+  existsSync(join(root, "packages", d, "package.json")),
+);
 // TSKVM_README_EXAMPLES=virtio,kvm-core: only those packages' examples (while editing a README).
 const only = process.env.TSKVM_README_EXAMPLES?.split(",").filter(Boolean);
-const scans = packageDirs.flatMap((d) => {
-  try {
-    return [scanReadme(join(root, "packages", d, "README.md"), d)];
-  } catch {
-    return []; // no README
-  }
-});
+const scans = packageDirs
+  .filter((d) => existsSync(join(root, "packages", d, "README.md")))
+  .map((d) => scanReadme(join(root, "packages", d, "README.md"), d));
 const examples = scans
   .flatMap((s) => s.examples)
   .filter((e) => !only || only.some((p) => e.name.startsWith(`${p}.L`)));
