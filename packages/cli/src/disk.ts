@@ -1,4 +1,4 @@
-// `-d/--disk PATH[,ro][,snapshot][,direct][,format=F][,serial=S][,thread=own|shared]`: a
+// `-d/--disk PATH[,ro][,snapshot][,direct][,format=F][,serial=S][,thread=own|shared][,aio=A]`: a
 // virtio-blk PCI device on the x86 machine (@tskvm/virtio-blk's `virtioBlkPciDevice`).
 // This file is the flag and the disk checks; the device wiring is virtio-blk's.
 
@@ -30,6 +30,8 @@ export interface DiskSpec {
    * slow devices (console, rng) — for measuring what a busy disk does to them, or to save a thread.
    */
   thread: "own" | "shared";
+  /** How its I/O reaches the disk (QEMU's spelling): io_uring, or synchronous; default io_uring where the kernel allows it. */
+  aio?: "io_uring" | "sync";
 }
 
 const FLAGS = ["ro", "snapshot", "direct"] as const;
@@ -47,6 +49,7 @@ export function parseDiskSpec(text: string): DiskSpec {
       else spec.direct = true;
     } else if (key === "format" && (value === "raw" || value === "qcow2")) spec.format = value;
     else if (key === "thread" && (value === "own" || value === "shared")) spec.thread = value;
+    else if (key === "aio" && (value === "io_uring" || value === "sync")) spec.aio = value;
     else if (
       key === "serial" &&
       value !== undefined &&
@@ -56,7 +59,7 @@ export function parseDiskSpec(text: string): DiskSpec {
       spec.serial = value;
     else
       throw new UsageError(
-        `--disk ${text}: unknown option '${o}' (options: ro, snapshot, direct, format=raw|qcow2, serial=ID of up to 20 characters, thread=own|shared)`,
+        `--disk ${text}: unknown option '${o}' (options: ro, snapshot, direct, format=raw|qcow2, serial=ID of up to 20 characters, thread=own|shared, aio=io_uring|sync)`,
       );
   }
   return spec;
@@ -271,5 +274,6 @@ export function diskDeviceOptions(
     ...(disk.format ? { format: disk.format } : {}),
     ...(disk.serial !== undefined ? { serial: disk.serial } : {}),
     ...(disk.thread === "shared" ? { thread: sharedThread } : {}),
+    ...(disk.aio ? { aio: disk.aio } : {}),
   };
 }

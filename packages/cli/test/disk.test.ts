@@ -27,6 +27,9 @@ describe("--disk specs", () => {
     expect(parseDiskSpec("a.img,direct")).toMatchObject({ direct: true });
     expect(parseDiskSpec("a.img,thread=shared")).toMatchObject({ thread: "shared" });
     expect(parseDiskSpec("a.img,thread=own")).toMatchObject({ thread: "own" });
+    expect(parseDiskSpec("a.img,aio=sync")).toMatchObject({ aio: "sync" });
+    expect(parseDiskSpec("a.img,aio=io_uring")).toMatchObject({ aio: "io_uring" });
+    expect(parseDiskSpec("a.img").aio).toBeUndefined();
   });
 
   it("refuses unknown options, bad values and an empty path", () => {
@@ -39,6 +42,8 @@ describe("--disk specs", () => {
       "a,ro=1",
       "a.img,thread=main",
       "a.img,thread",
+      "a.img,aio=native",
+      "a.img,aio",
     ])
       expect(() => parseDiskSpec(bad)).toThrow(UsageError);
     expect(() => parseDiskSpec("a.img,frob")).toThrow(/unknown option 'frob'/);

@@ -1,4 +1,4 @@
-import type { DiskImage } from "@tskvm/disk-image";
+import type { DiskAsyncQueue, DiskImage } from "@tskvm/disk-image";
 import {
   type ActivateContext,
   type ActiveQueue,
@@ -15,7 +15,7 @@ import {
   diskInfo,
   limitsFor,
 } from "./config.js";
-import { BLK_CONFIG_SIZE } from "./constants.js";
+import { BLK_CONFIG_SIZE, SECTOR_SIZE, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK } from "./constants.js";
 import { BlockEngine, type BlockResult, type BlockStats } from "./engine.js";
 import { type BlockRequest, BlockRequestError, GuestViewCache, parseBlockRequest } from "./request.js";
 
@@ -56,9 +56,24 @@ export interface BlkRemoteBackend {
   notify(index: number): void;
 }
 
+/**
+ * How reads, writes and flushes reach the disk: `sync` — one after another, each
+ * batch in one native call, while the thread waits; `io_uring` — handed to the
+ * kernel in one call per batch and completed as they finish, in any order (the
+ * disk sees the guest's queue depth).
+ */
+export type BlkAio = "io_uring" | "sync";
+
 /** Inline mode: this thread owns the disk and processes requests when notified. */
 export interface InlineBlkOptions extends BlkDeviceOptions {
   image: DiskImage;
+  /**
+   * Default `sync` (requests complete within `queueNotify`). `auto`: `io_uring` when the
+   * image supports asynchronous queues and the kernel allows io_uring, else `sync`.
+   * `io_uring` where it is unavailable throws. With io_uring the caller polls
+   * {@link VirtioBlkDevice.completionFd} and calls `completeRequests()` (the worker does).
+   */
+  aio?: BlkAio | "auto";
 }
 
 /** Worker mode: a dedicated I/O worker (see `startBlkWorker`) owns the disk and the queues. */
@@ -70,7 +85,13 @@ export type VirtioBlkDeviceOptions = InlineBlkOptions | WorkerBlkOptions;
 
 interface Inline {
   engine: BlockEngine;
+  /** The asynchronous queue (aio io_uring): reads, writes and flushes go there. */
+  aq: DiskAsyncQueue | undefined;
 }
+
+const KIND_READ = 0;
+const KIND_WRITE = 1;
+const KIND_FLUSH = 2;
 
 /** Most chains one batch takes (parsed together, their disk I/O submitted together). */
 export const MAX_BATCH = 256;
@@ -117,12 +138,23 @@ export class VirtioBlkDevice implements VirtioDevice {
     } else {
       const { image, ...rest } = options;
       this.configuration = blkConfiguration(diskInfo(image), rest);
+      const depth = this.configuration.queueSize;
       this.#inline = {
         engine: new BlockEngine(image, {
           serial: this.configuration.serial,
           mayUnmap: this.configuration.limits.writeZeroes?.mayUnmap ?? false,
         }),
+        aq: openAsync(image, options.aio, depth),
       };
+      if (this.#inline.aq) {
+        this.#tagHead = new Int32Array(depth);
+        this.#tagQueue = new Int32Array(depth);
+        this.#tagLength = new Int32Array(depth);
+        this.#tagKind = new Uint8Array(depth);
+        this.#tagStatus = new Array(depth).fill(null);
+        this.#freeTags = Int32Array.from({ length: depth }, (_, i) => depth - 1 - i);
+        this.#freeCount = depth;
+      }
     }
     this.features = this.configuration.features;
     this.queueMaxSizes = [this.configuration.queueSize];
@@ -132,6 +164,30 @@ export class VirtioBlkDevice implements VirtioDevice {
   /** Inline mode: the engine (and its disk). Undefined in worker mode. */
   get engine(): BlockEngine | undefined {
     return this.#inline?.engine;
+  }
+
+  /** Inline mode: how reads, writes and flushes reach the disk. */
+  get aio(): BlkAio | undefined {
+    if (!this.#inline) return undefined;
+    return this.#inline.aq ? "io_uring" : "sync";
+  }
+
+  /** Inline mode, aio io_uring: readable when requests have completed (call {@link completeRequests}). */
+  get completionFd(): number | undefined {
+    return this.#inline?.aq?.completionFd;
+  }
+
+  /** Requests handed to the disk and not completed yet (aio io_uring). */
+  get inFlight(): number {
+    return this.#inline?.aq?.inFlight ?? 0;
+  }
+
+  /** Waits for requests in flight (aio io_uring), then closes the asynchronous queue. The image stays open. */
+  close(): void {
+    const aq = this.#inline?.aq;
+    if (!aq) return;
+    this.#dropInFlight();
+    aq.close();
   }
 
   get activated(): boolean {
@@ -159,6 +215,8 @@ export class VirtioBlkDevice implements VirtioDevice {
   }
 
   reset(): void {
+    // The device must not touch guest memory once reset: requests in flight finish first.
+    this.#dropInFlight();
     const was = this.#ctx;
     this.#ctx = undefined;
     this.#views = undefined;
@@ -224,8 +282,9 @@ export class VirtioBlkDevice implements VirtioDevice {
         served += n;
       }
       // Drained: notifications are already on (this costs one read). Stopped early: turn them on
-      // (a stopped worker must not leave the driver silenced) and say whether requests are left.
-      more = queue.enableNotification();
+      // (a stopped worker must not leave the driver silenced) and say whether requests are left —
+      // unless every request slot is in flight: completions bring this queue back (no busy loop).
+      more = queue.enableNotification() && !this.#deferred[index];
     } catch (e) {
       // A fatal virtqueue error is the driver's; anything else is unexpected. Either way the
       // device stops here (DEVICE_NEEDS_RESET) rather than throwing into its caller.
@@ -255,6 +314,137 @@ export class VirtioBlkDevice implements VirtioDevice {
   readonly #errors: (BlockRequestError | null)[] = [];
   readonly #valid: BlockRequest[] = [];
   readonly #results: BlockResult[] = [];
+  /** Per chain of the batch: 1 when it went to the asynchronous queue. */
+  readonly #submitted = new Uint8Array(MAX_BATCH);
+
+  // Requests in flight on the asynchronous queue, by tag: what completing each one needs.
+  #tagHead = new Int32Array(0);
+  #tagQueue = new Int32Array(0);
+  /** IN: the bytes the chain gets on success; OUT / FLUSH: 0. */
+  #tagLength = new Int32Array(0);
+  #tagKind = new Uint8Array(0);
+  #tagStatus: (Uint8Array | null)[] = [];
+  #freeTags = new Int32Array(0);
+  #freeCount = 0;
+  /** Per queue: a batch found every tag in flight and left requests in the ring. */
+  readonly #deferred: boolean[] = [];
+  readonly #reapTags = new Uint32Array(64);
+  readonly #reapResults = new Int32Array(64);
+  #queued = 0;
+
+  /** Queues `req` (IN, OUT, FLUSH) on the asynchronous queue under a free tag; false: run it synchronously. */
+  #submit(aq: DiskAsyncQueue, req: BlockRequest, queueIndex: number): boolean {
+    const tag = this.#freeTags[this.#freeCount - 1]!;
+    try {
+      let queued: boolean;
+      if (req.type === "in") queued = aq.readv(tag, req.sector * SECTOR_SIZE, req.buffers);
+      else if (req.type === "out") queued = aq.writev(tag, req.sector * SECTOR_SIZE, req.buffers);
+      else queued = aq.flush(tag);
+      if (!queued) return false;
+    } catch {
+      return false; // e.g. the image was closed: the synchronous path answers IOERR with the reason
+    }
+    this.#freeCount--;
+    this.#queued++;
+    this.#tagHead[tag] = req.head;
+    this.#tagQueue[tag] = queueIndex;
+    this.#tagKind[tag] = req.type === "in" ? KIND_READ : req.type === "out" ? KIND_WRITE : KIND_FLUSH;
+    this.#tagLength[tag] = req.type === "in" ? req.length : req.type === "out" ? req.length : 0;
+    this.#tagStatus[tag] = req.status;
+    return true;
+  }
+
+  /** Hands the queued requests to the disk and completes those already done (a cache hit often is). */
+  #submitQueued(aq: DiskAsyncQueue): void {
+    if (this.#queued === 0) return;
+    this.#queued = 0;
+    aq.submit();
+    this.#reap(aq, false);
+  }
+
+  /**
+   * aio io_uring: completes the requests the disk has finished (status byte, used
+   * entry, in any order), interrupts the driver if it asked for it, and serves a
+   * queue again that had to wait for a free slot. Call when {@link completionFd}
+   * is readable. Nothing here throws: a broken ring marks the device NEEDS_RESET.
+   */
+  completeRequests(): void {
+    const aq = this.#inline?.aq;
+    if (!aq) return;
+    const started = performance.now();
+    this.#reap(aq, true);
+    this.#stats.serviceMs += performance.now() - started;
+  }
+
+  #reap(aq: DiskAsyncQueue, resume: boolean): void {
+    const ctx = this.#ctx;
+    const tags = this.#reapTags;
+    const results = this.#reapResults;
+    const st = this.#stats;
+    const es = this.#inline!.engine.stats;
+    let signal = 0; // bit per queue (one queue today)
+    try {
+      for (let n = aq.reap(tags, results); n > 0; n = aq.reap(tags, results)) {
+        for (let k = 0; k < n; k++) {
+          const tag = tags[k]!;
+          const result = results[k]!;
+          const status = this.#tagStatus[tag]!;
+          this.#tagStatus[tag] = null;
+          this.#freeTags[this.#freeCount++] = tag;
+          const kind = this.#tagKind[tag]!;
+          const length = this.#tagLength[tag]!;
+          const ok = result >= 0;
+          if (!ok) {
+            es.ioErrors++;
+            this.#inline!.engine.lastError = new Error(`disk I/O failed: errno ${-result}`);
+          } else if (kind === KIND_READ) {
+            es.reads++;
+            es.bytesRead += length;
+          } else if (kind === KIND_WRITE) {
+            es.writes++;
+            es.bytesWritten += length;
+          } else es.flushes++;
+          st.completed++;
+          const active = ctx?.queues.find((q) => q.index === this.#tagQueue[tag]);
+          if (!active || active.queue.broken) continue;
+          status[0] = ok ? VIRTIO_BLK_S_OK : VIRTIO_BLK_S_IOERR;
+          active.queue.addUsed(this.#tagHead[tag]!, (ok && kind === KIND_READ ? length : 0) + 1);
+          signal |= 1 << active.index;
+        }
+      }
+      if (!ctx) return;
+      for (const active of ctx.queues) {
+        if ((signal & (1 << active.index)) !== 0 && active.queue.needsNotification()) {
+          st.interrupts++;
+          ctx.interrupt.signalQueue(active.index);
+        }
+        if (resume && this.#deferred[active.index] && this.#freeCount > 0) {
+          this.#deferred[active.index] = false;
+          this.processQueue(active.index);
+        }
+      }
+    } catch (e) {
+      ctx?.needsReset(e instanceof Error ? e : new Error(String(e)));
+    }
+  }
+
+  /** Waits for every request in flight and forgets them (reset, close): no guest memory is touched. */
+  #dropInFlight(): void {
+    const aq = this.#inline?.aq;
+    if (!aq) return;
+    if (this.#queued > 0) {
+      this.#queued = 0;
+      aq.submit();
+    }
+    aq.drain();
+    const tags = this.#reapTags;
+    for (let n = aq.reap(tags, this.#reapResults); n > 0; n = aq.reap(tags, this.#reapResults))
+      for (let k = 0; k < n; k++) {
+        this.#tagStatus[tags[k]!] = null;
+        this.#freeTags[this.#freeCount++] = tags[k]!;
+      }
+    this.#deferred.length = 0;
+  }
 
   /**
    * Pops and parses up to `limit` chains (at most {@link MAX_BATCH}; the
@@ -278,7 +468,13 @@ export class VirtioBlkDevice implements VirtioDevice {
     const requests = this.#requests;
     const errors = this.#errors;
     const valid = this.#valid;
-    const max = Math.min(limit, MAX_BATCH);
+    const submitted = this.#submitted;
+    const aq = this.#inline?.aq;
+    const max = Math.min(limit, MAX_BATCH, aq ? this.#freeCount : MAX_BATCH);
+    if (max === 0) {
+      this.#deferred[active.index] = true;
+      return 0;
+    }
     const maxBytes = Math.min(byteBudget, this.#bytes + MAX_BATCH_BYTES);
     let n = 0;
     let thrown: unknown;
@@ -306,6 +502,24 @@ export class VirtioBlkDevice implements VirtioDevice {
           if (!(e instanceof BlockRequestError)) throw e;
           error = e;
         }
+        if (
+          aq &&
+          req !== null &&
+          req.type !== "get-id" &&
+          req.type !== "discard" &&
+          req.type !== "write-zeroes"
+        ) {
+          // Completed when the disk is done with it (completeRequests); nothing more here.
+          if (this.#submit(aq, req, active.index)) {
+            requests[n] = null;
+            errors[n] = null;
+            submitted[n] = 1;
+            n++;
+            if (req.type === "flush") break;
+            this.#bytes += req.length;
+            continue;
+          }
+        }
         requests[n] = req;
         errors[n] = error;
         n++;
@@ -320,6 +534,7 @@ export class VirtioBlkDevice implements VirtioDevice {
       thrown = e;
       threw = true;
     }
+    if (aq) this.#submitQueued(aq);
     const results = this.#results;
     if (valid.length > 0) engine.executeAll(valid, results);
     const st = this.#stats;
@@ -327,6 +542,7 @@ export class VirtioBlkDevice implements VirtioDevice {
     try {
       for (let k = 0; k < n; k++) {
         const req = requests[k]!;
+        if (submitted[k]) continue;
         if (req !== null) {
           const r = results[j++]!;
           req.status[0] = r.status;
@@ -349,6 +565,7 @@ export class VirtioBlkDevice implements VirtioDevice {
       // Keep no references to guest memory between batches.
       requests.fill(null, 0, n);
       errors.fill(null, 0, n);
+      submitted.fill(0, 0, n);
       valid.length = 0;
       results.length = 0;
     }
@@ -377,4 +594,26 @@ export class VirtioBlkDevice implements VirtioDevice {
       ...this.#stats,
     };
   }
+}
+
+/** The image's asynchronous queue for `aio` (undefined: synchronous). */
+function openAsync(
+  image: DiskImage,
+  aio: BlkAio | "auto" | undefined,
+  depth: number,
+): DiskAsyncQueue | undefined {
+  if (aio === undefined || aio === "sync") return undefined;
+  if (!image.openAsyncQueue) {
+    if (aio === "io_uring")
+      throw new Error(`${image.path}: aio=io_uring is not supported for ${image.format} images here`);
+    return undefined;
+  }
+  const aq = image.openAsyncQueue({ depth, engine: aio === "io_uring" ? "io_uring" : "auto" });
+  // The fallback queue runs each request at submit, as the synchronous path does, plus an
+  // eventfd round trip: no gain.
+  if (aq.engine !== "io_uring") {
+    aq.close();
+    return undefined;
+  }
+  return aq;
 }

@@ -4,7 +4,7 @@
 import { openDiskImage } from "@tskvm/disk-image";
 import { defineDeviceModule } from "@tskvm/virtio-worker";
 import { type BlkConfiguration, type BlkDeviceOptions, type BlkDiskInfo, diskInfo } from "./config.js";
-import { type BlkDeviceStats, VirtioBlkDevice } from "./device.js";
+import { type BlkAio, type BlkDeviceStats, VirtioBlkDevice } from "./device.js";
 
 /** How the worker opens the disk. */
 export interface BlkImageSpec {
@@ -18,6 +18,8 @@ export interface BlkImageSpec {
   lock?: boolean;
   /** Writes go to a throwaway overlay. */
   snapshot?: boolean;
+  /** How reads, writes and flushes reach the disk (see `BlkAio`; default: io_uring where it can). */
+  aio?: BlkAio;
 }
 
 /** What the blk module is built from (structured-cloned into the worker). */
@@ -41,18 +43,36 @@ export default defineDeviceModule<BlkModuleData, BlkModuleInfo, BlkDeviceStats>(
       lock: s.lock ?? true,
       snapshot: s.snapshot ?? false,
     });
-    const device = new VirtioBlkDevice({ image, ...options });
+    let device: VirtioBlkDevice;
+    try {
+      device = new VirtioBlkDevice({ image, ...options, aio: s.aio ?? "auto" });
+    } catch (e) {
+      image.close();
+      throw e;
+    }
+    // With aio io_uring the worker polls the completions beside the queue notifications.
+    const completionFd = device.completionFd;
+    const hostFds: readonly number[] = completionFd === undefined ? [] : [completionFd];
     return {
       device,
       serveQueue: (index, budget) =>
         device.processQueue(index, budget.requests, budget.shouldStop, budget.bytes),
       pendingRequests: (index) => device.pendingRequests(index),
+      ...(completionFd === undefined
+        ? {}
+        : { hostFds: () => hostFds, hostFdReadable: () => device.completeRequests() }),
       get served() {
         return device.served;
       },
       info: () => ({ disk: diskInfo(image), configuration: device.configuration }),
       stats: () => device.stats,
-      close: () => image.close(),
+      close: () => {
+        try {
+          device.close();
+        } finally {
+          image.close();
+        }
+      },
     };
   },
 });

@@ -22,7 +22,7 @@ import {
   VirtioDriverSimulator,
   writeDescriptor,
 } from "@tskvm/virtio/testing";
-import { type BlkDeviceOptions, VirtioBlkDevice } from "../src/index.js";
+import { type BlkAio, type BlkDeviceOptions, VirtioBlkDevice } from "../src/index.js";
 
 export interface Part {
   /** Device-readable bytes (copied into a fresh buffer). */
@@ -273,6 +273,7 @@ export interface RigOptions extends BlkDeviceOptions {
   heapSize?: number;
   /** Wrap the opened image (e.g. to inject disk errors). */
   wrapImage?: (image: DiskImage) => DiskImage;
+  aio?: BlkAio | "auto";
 }
 
 /** A raw disk file in a temp dir + device + virtio-pci transport + simulated driver, queue 0 up. */

@@ -46,7 +46,8 @@ export interface ServedDevice<Info = unknown, Stats = unknown> {
   hostFds?(): readonly number[];
   /**
    * `fd`, one of {@link hostFds}, is readable: read it. To have a queue served this round,
-   * call `device.queueNotify(index)`. Should not throw (the runtime's guard is the backstop).
+   * call `device.queueNotify(index)`. Requests completed here count as served (e.g. a disk's
+   * asynchronous completions). Should not throw (the runtime's guard is the backstop).
    */
   hostFdReadable?(fd: number): void;
   /** Requests answered so far (the handle's `completed` counter). */

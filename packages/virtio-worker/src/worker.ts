@@ -261,7 +261,10 @@ class Slot {
     for (let k = 0; k < this.#polledHost.length; k++)
       if (readable[at + this.#notify.length + k]) {
         const fd = this.#polledHost[k]!;
+        const before = this.served.served;
         this.#guard(() => this.served.hostFdReadable?.(fd));
+        // A device may complete requests here (e.g. a disk's asynchronous completions).
+        this.#countServed(before);
       }
     for (let i = 0; i < this.#notify.length; i++) {
       if (!this.pending[i]) continue;
@@ -279,11 +282,15 @@ class Slot {
         if (left === true) this.pending[i] = true;
         else if (typeof left === "number" && left > 0) this.#retryAt[i] = performance.now() + left;
       });
-      const n = this.served.served - before;
-      if (n > 0) {
-        Atomics.add(this.#ctl, Ctl.COMPLETED, n);
-        this.lastWork = performance.now();
-      }
+      this.#countServed(before);
+    }
+  }
+
+  #countServed(before: number): void {
+    const n = this.served.served - before;
+    if (n > 0) {
+      Atomics.add(this.#ctl, Ctl.COMPLETED, n);
+      this.lastWork = performance.now();
     }
   }
 
