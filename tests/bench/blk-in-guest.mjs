@@ -6,7 +6,7 @@
 // line per (run, format, VMM). peakRssKiB is the VMM process's VmHWM (for tskvm the
 // node process), polled while it runs; the last value read before it exited.
 //
-//   node blk-in-guest.mjs KERNEL INITRD [FORMATS=raw[,qcow2]] [SECONDS=3] [VMMS=tskvm,kvmtool,qemu,qemu-iothread] [RUNS=1] [LKVM|-]
+//   node blk-in-guest.mjs KERNEL INITRD [FORMATS=raw[,qcow2]] [SECONDS=3] [VMMS=tskvm,tskvm-sync,kvmtool,kvmtool-noaio,qemu,qemu-iothread] [RUNS=1] [LKVM|-]
 //
 // Images live on $SANDBOX_WORK (a tmpfs in the sandbox; else a temp dir), 256 MiB,
 // filled with non-zero data first so reads read data: raw by writing it, qcow2 by
@@ -93,9 +93,14 @@ function argvFor(vmm, image, format) {
       return qemu(true);
     case "kvmtool":
       return kvmtoolArgv(lkvm, { ...guest, args: ["-d", image] });
+    case "kvmtool-noaio":
+      // The same source built without libaio: synchronous preadv / pwritev on its blk thread.
+      return kvmtoolArgv(`${lkvm}-noaio`, { ...guest, args: ["-d", image] });
     case "tskvm":
-      // tskvm probes the format itself.
+      // tskvm probes the format itself; io_uring where the kernel allows it.
       return tskvmArgv({ ...guest, args: ["-d", image] });
+    case "tskvm-sync":
+      return tskvmArgv({ ...guest, args: ["-d", `${image},aio=sync`] });
     default:
       throw new Error(`unknown VMM ${vmm}`);
   }
@@ -229,7 +234,7 @@ async function runOne(format, vmm, image) {
 const images = { raw: join(work, "blk.raw"), qcow2: join(work, "blk.qcow2") };
 try {
   for (const f of formats) if (!images[f]) throw new Error(`unknown format ${f}`);
-  const hasDisk = vmms.includes("tskvm") ? tskvmHasDisk() : false;
+  const hasDisk = vmms.some((v) => v.startsWith("tskvm")) ? tskvmHasDisk() : false;
   let t = performance.now();
   fillRawImage(images.raw, IMAGE_MIB);
   log(`raw image ${images.raw} filled in ${Math.round(performance.now() - t)} ms`);
@@ -242,7 +247,7 @@ try {
   for (let run = 0; run < runs; run++) {
     for (const format of formats) {
       for (const vmm of vmms) {
-        if (vmm === "kvmtool" && (lkvm === "-" || format !== "raw")) {
+        if (vmm.startsWith("kvmtool") && (lkvm === "-" || format !== "raw")) {
           if (run === 0) {
             const why =
               lkvm === "-"
@@ -252,7 +257,7 @@ try {
           }
           continue;
         }
-        if (vmm === "tskvm" && !hasDisk) {
+        if (vmm.startsWith("tskvm") && !hasDisk) {
           if (run === 0)
             emit({ format, vmm, run, ok: false, skipped: "tskvm run has no -d/--disk yet", workloads: [] });
           continue;

@@ -1,4 +1,5 @@
-// Guest block-I/O bench: tskvm beside QEMU+KVM (with and without an iothread),
+// Guest block-I/O bench: tskvm (io_uring, and aio=sync) beside kvmtool (with and without
+// libaio) and QEMU+KVM (with and without an iothread),
 // the same kernel, initrd, guest program and disk image for each.
 //
 //   node bench/blk.mjs                                  (from tests/; part of `pnpm bench`)
@@ -6,7 +7,7 @@
 //   TSKVM_BENCH_BLK_RUNS=3 ...                           medians of 3 runs per VMM and format
 //
 // Environment: TSKVM_BENCH_BLK_FORMATS (raw; comma list of raw, qcow2), TSKVM_BENCH_BLK_SECONDS
-// (3, per workload), TSKVM_BENCH_BLK_VMMS (tskvm,kvmtool,qemu,qemu-iothread), TSKVM_BENCH_BLK_RUNS (1;
+// (3, per workload), TSKVM_BENCH_BLK_VMMS (tskvm,tskvm-sync,kvmtool,kvmtool-noaio,qemu,qemu-iothread), TSKVM_BENCH_BLK_RUNS (1;
 // more runs, round-robin, give medians: the sandbox is noisy), TSKVM_BENCH_BLK_JSON
 // (where the rows go; default bench/results/blk-DATE.json), TSKVM_E2E_TARGET (host|sandbox).
 //
@@ -22,15 +23,16 @@ import { fmt, initrdWith, kvmtool, median, saveRows } from "./tools.mjs";
 const formats = (process.env.TSKVM_BENCH_BLK_FORMATS ?? "raw").split(",").filter(Boolean);
 const seconds = Number(process.env.TSKVM_BENCH_BLK_SECONDS ?? 3);
 const runs = Number(process.env.TSKVM_BENCH_BLK_RUNS ?? 1);
-const vmms = (process.env.TSKVM_BENCH_BLK_VMMS ?? "tskvm,kvmtool,qemu,qemu-iothread")
+const vmms = (process.env.TSKVM_BENCH_BLK_VMMS ?? "tskvm,tskvm-sync,kvmtool,kvmtool-noaio,qemu,qemu-iothread")
   .split(",")
   .filter(Boolean);
 const here = dirname(fileURLToPath(import.meta.url));
 
 const kit = await buildGuestKit({ log: (line) => console.error(line) });
 const initrd = initrdWith(kit, ["blkbench"], "initrd-blk-");
-const peer = vmms.includes("kvmtool") ? kvmtool() : { missing: "not asked for" };
-if (peer.missing && vmms.includes("kvmtool")) console.error(`kvmtool: ${peer.missing}`);
+const wantsKvmtool = vmms.some((v) => v.startsWith("kvmtool"));
+const peer = wantsKvmtool ? kvmtool() : { missing: "not asked for" };
+if (peer.missing && wantsKvmtool) console.error(`kvmtool: ${peer.missing}`);
 
 const target = e2eTarget();
 const script = join(here, "blk-in-guest.mjs");
@@ -42,7 +44,14 @@ const { results: rows, log } = await runOnTarget(
 );
 
 const date = new Date().toISOString();
-const names = { tskvm: "tskvm", kvmtool: "kvmtool", qemu: "QEMU", "qemu-iothread": "QEMU+iothread" };
+const names = {
+  tskvm: "tskvm",
+  "tskvm-sync": "tskvm aio=sync",
+  kvmtool: "kvmtool",
+  "kvmtool-noaio": "kvmtool no libaio",
+  qemu: "QEMU",
+  "qemu-iothread": "QEMU+iothread",
+};
 const label = (w) => `${w.workload} ${w.bs >= 1 << 20 ? `${w.bs >> 20}M` : `${w.bs >> 10}k`} qd${w.depth}`;
 
 console.log(`\nguest block I/O (${target.kind}: ${target.reason})`);
