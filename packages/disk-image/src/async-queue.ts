@@ -1,4 +1,4 @@
-import { closeSync, fdatasyncSync } from "node:fs";
+import { fdatasyncSync } from "node:fs";
 import { constants } from "node:os";
 import { checkRange } from "./disk-image.js";
 import { DiskImageError, errnoCodeOf } from "./errors.js";
@@ -250,7 +250,7 @@ class AsyncQueue implements DiskAsyncQueue {
         const syscall = (e as { syscall?: unknown }).syscall;
         reason = `${typeof syscall === "string" ? syscall : "io_uring"}: ${code ?? String(e)}`;
         if (engine === "io_uring") {
-          closeSync(efd);
+          native().closeFd(efd);
           throw new DiskImageError("UNSUPPORTED", `io_uring is not available (${reason})`, {
             path,
             hint: ioUringHint(code),
@@ -353,7 +353,7 @@ class AsyncQueue implements DiskAsyncQueue {
       try {
         this.#ring?.close();
       } finally {
-        closeSync(this.completionFd);
+        native().closeFd(this.completionFd);
         for (const s of this.#slots) s.buffers = NONE;
         this.#host.detach(this);
       }

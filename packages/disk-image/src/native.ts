@@ -91,6 +91,8 @@ export interface NativeBinding {
   eventfdRead(fd: number): number;
   /** Adds 1 to an eventfd's counter (makes it readable). */
   eventfdWrite(fd: number): void;
+  /** close(2) of an fd the addon made (not fs.closeSync: Node warns about those in workers). */
+  closeFd(fd: number): void;
   /** Absent when the addon was built without <linux/io_uring.h>. */
   IoUring?: new (
     entries: number,

@@ -112,6 +112,21 @@ Napi::Value EventfdWrite(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// closeFd(fd): close(2) of an fd this addon made. Not fs.closeSync: in a worker thread Node
+// warns about closing an fd it did not open there ("closed but not opened in unmanaged mode").
+Napi::Value CloseFd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int64_t fd;
+  if (!IntArg(info, 0, 0, 0x7fffffff, &fd)) {
+    Napi::TypeError::New(env, "closeFd(fd)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  // EINTR: the fd is closed anyway on Linux; retrying could close someone else's.
+  if (::close(static_cast<int>(fd)) < 0 && errno != EINTR)
+    ErrnoError(env, "close", errno).ThrowAsJavaScriptException();
+  return env.Undefined();
+}
+
 #ifdef TSKVM_HAVE_IO_URING
 
 template <typename T>
@@ -499,6 +514,7 @@ void InitAsyncIo(Napi::Env env, Napi::Object exports) {
   exports.Set("eventfd", Napi::Function::New(env, EventfdCreate));
   exports.Set("eventfdRead", Napi::Function::New(env, EventfdRead));
   exports.Set("eventfdWrite", Napi::Function::New(env, EventfdWrite));
+  exports.Set("closeFd", Napi::Function::New(env, CloseFd));
 #ifdef TSKVM_HAVE_IO_URING
   exports.Set("IoUring", IoUring::Define(env));
 #endif
