@@ -101,6 +101,8 @@ function argvFor(vmm, image, format) {
       return tskvmArgv({ ...guest, args: ["-d", image] });
     case "tskvm-sync":
       return tskvmArgv({ ...guest, args: ["-d", `${image},aio=sync`] });
+    case "tskvm-poll":
+      return tskvmArgv({ ...guest, args: ["-d", `${image},poll=100`] });
     default:
       throw new Error(`unknown VMM ${vmm}`);
   }

@@ -7,7 +7,7 @@
 //   TSKVM_BENCH_BLK_RUNS=3 ...                           medians of 3 runs per VMM and format
 //
 // Environment: TSKVM_BENCH_BLK_FORMATS (raw; comma list of raw, qcow2), TSKVM_BENCH_BLK_SECONDS
-// (3, per workload), TSKVM_BENCH_BLK_VMMS (tskvm,tskvm-sync,kvmtool,kvmtool-noaio,qemu,qemu-iothread), TSKVM_BENCH_BLK_RUNS (1;
+// (3, per workload), TSKVM_BENCH_BLK_VMMS (tskvm,tskvm-sync,tskvm-poll,kvmtool,kvmtool-noaio,qemu,qemu-iothread), TSKVM_BENCH_BLK_RUNS (1;
 // more runs, round-robin, give medians: the sandbox is noisy), TSKVM_BENCH_BLK_JSON
 // (where the rows go; default bench/results/blk-DATE.json), TSKVM_E2E_TARGET (host|sandbox).
 //
@@ -23,7 +23,9 @@ import { fmt, initrdWith, kvmtool, median, saveRows } from "./tools.mjs";
 const formats = (process.env.TSKVM_BENCH_BLK_FORMATS ?? "raw").split(",").filter(Boolean);
 const seconds = Number(process.env.TSKVM_BENCH_BLK_SECONDS ?? 3);
 const runs = Number(process.env.TSKVM_BENCH_BLK_RUNS ?? 1);
-const vmms = (process.env.TSKVM_BENCH_BLK_VMMS ?? "tskvm,tskvm-sync,kvmtool,kvmtool-noaio,qemu,qemu-iothread")
+const vmms = (
+  process.env.TSKVM_BENCH_BLK_VMMS ?? "tskvm,tskvm-sync,tskvm-poll,kvmtool,kvmtool-noaio,qemu,qemu-iothread"
+)
   .split(",")
   .filter(Boolean);
 const here = dirname(fileURLToPath(import.meta.url));
@@ -47,6 +49,7 @@ const date = new Date().toISOString();
 const names = {
   tskvm: "tskvm",
   "tskvm-sync": "tskvm aio=sync",
+  "tskvm-poll": "tskvm poll=100",
   kvmtool: "kvmtool",
   "kvmtool-noaio": "kvmtool no libaio",
   qemu: "QEMU",

@@ -1,4 +1,4 @@
-// `-d/--disk PATH[,ro][,snapshot][,direct][,format=F][,serial=S][,thread=own|shared][,aio=A]`: a
+// `-d/--disk PATH[,ro][,snapshot][,direct][,format=F][,serial=S][,thread=own|shared][,aio=A][,poll=US]`: a
 // virtio-blk PCI device on the x86 machine (@tskvm/virtio-blk's `virtioBlkPciDevice`).
 // This file is the flag and the disk checks; the device wiring is virtio-blk's.
 
@@ -32,6 +32,8 @@ export interface DiskSpec {
   thread: "own" | "shared";
   /** How its I/O reaches the disk (QEMU's spelling): io_uring, or synchronous; default io_uring where the kernel allows it. */
   aio?: "io_uring" | "sync";
+  /** Adaptive polling: µs the disk's worker keeps looking at the ring after serving requests. */
+  pollUs?: number;
 }
 
 const FLAGS = ["ro", "snapshot", "direct"] as const;
@@ -50,6 +52,8 @@ export function parseDiskSpec(text: string): DiskSpec {
     } else if (key === "format" && (value === "raw" || value === "qcow2")) spec.format = value;
     else if (key === "thread" && (value === "own" || value === "shared")) spec.thread = value;
     else if (key === "aio" && (value === "io_uring" || value === "sync")) spec.aio = value;
+    else if (key === "poll" && value !== undefined && /^\d{1,7}$/.test(value) && Number(value) <= 1_000_000)
+      spec.pollUs = Number(value);
     else if (
       key === "serial" &&
       value !== undefined &&
@@ -59,7 +63,7 @@ export function parseDiskSpec(text: string): DiskSpec {
       spec.serial = value;
     else
       throw new UsageError(
-        `--disk ${text}: unknown option '${o}' (options: ro, snapshot, direct, format=raw|qcow2, serial=ID of up to 20 characters, thread=own|shared, aio=io_uring|sync)`,
+        `--disk ${text}: unknown option '${o}' (options: ro, snapshot, direct, format=raw|qcow2, serial=ID of up to 20 characters, thread=own|shared, aio=io_uring|sync, poll=µs up to 1000000)`,
       );
   }
   return spec;
@@ -275,5 +279,6 @@ export function diskDeviceOptions(
     ...(disk.serial !== undefined ? { serial: disk.serial } : {}),
     ...(disk.thread === "shared" ? { thread: sharedThread } : {}),
     ...(disk.aio ? { aio: disk.aio } : {}),
+    ...(disk.pollUs ? { pollUs: disk.pollUs } : {}),
   };
 }

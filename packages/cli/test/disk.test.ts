@@ -30,6 +30,7 @@ describe("--disk specs", () => {
     expect(parseDiskSpec("a.img,aio=sync")).toMatchObject({ aio: "sync" });
     expect(parseDiskSpec("a.img,aio=io_uring")).toMatchObject({ aio: "io_uring" });
     expect(parseDiskSpec("a.img").aio).toBeUndefined();
+    expect(parseDiskSpec("a.img,poll=50")).toMatchObject({ pollUs: 50 });
   });
 
   it("refuses unknown options, bad values and an empty path", () => {
@@ -43,6 +44,9 @@ describe("--disk specs", () => {
       "a.img,thread=main",
       "a.img,thread",
       "a.img,aio=native",
+      "a.img,poll=-1",
+      "a.img,poll=1e3",
+      "a.img,poll=2000000",
       "a.img,aio",
     ])
       expect(() => parseDiskSpec(bad)).toThrow(UsageError);

@@ -15,7 +15,7 @@ export const DEVICE_PCI_HANDLER_MODULE: string = new URL("./pci-handler.js", imp
 export interface WorkerPciDeviceOptions<Data>
   extends Pick<
     StartDeviceWorkerOptions<Data>,
-    "module" | "data" | "queues" | "pci" | "budget" | "byteBudget"
+    "module" | "data" | "queues" | "pci" | "budget" | "byteBudget" | "spinUs"
   > {
   /** How messages name the device, e.g. "disk /srv/a.qcow2" or "rng". */
   name: string;
@@ -80,6 +80,7 @@ export function workerPciDevice<Data>(options: WorkerPciDeviceOptions<Data>): Ma
       ...(options.pci !== undefined ? { pci: options.pci } : {}),
       ...(options.budget !== undefined ? { budget: options.budget } : {}),
       ...(options.byteBudget !== undefined ? { byteBudget: options.byteBudget } : {}),
+      ...(options.spinUs !== undefined ? { spinUs: options.spinUs } : {}),
       ...(options.thread !== undefined ? { thread: options.thread } : {}),
       hooks: {
         ioeventfd: (e) =>

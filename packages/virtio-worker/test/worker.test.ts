@@ -35,12 +35,14 @@ function start(
   data: FillData,
   channel: DeviceChannel,
   thread?: SharedDeviceWorker,
+  loop: { spinUs?: number; pollTimeoutMs?: number } = {},
 ): DeviceWorkerHandle<{ byte: number }, FillStats> {
   return startDeviceWorker<{ byte: number }, FillStats>({
     module: FILL_DEVICE,
     data,
     name: `fill ${data.byte}`,
     ...(thread ? { thread } : {}),
+    ...loop,
     memory: memory.describe(),
     transport: "pci",
     channel: channel.describe(),
@@ -171,6 +173,31 @@ describe("a device in a worker of its own", () => {
     expect(ms).toBeLessThan(1200);
     await handle.stop();
     channel.close();
+  });
+
+  it("adaptive polling: for spinUs after serving, a chain published without a notification is served; after that the worker sleeps", async () => {
+    const served = async (spinUs: number, idleBeforeMs: number): Promise<boolean> => {
+      const channel = DeviceChannel.create();
+      // A long idle timeout: only a notification or the spinning serves a chain within a second.
+      const handle = start({ byte: 5 }, channel, undefined, { spinUs, pollTimeoutMs: 10_000 });
+      await handle.ready;
+      const q = mainThreadDriver(handle, channel, 20 << 20).queue(0);
+      q.submit({ writable: [8] });
+      q.kick();
+      await q.waitUsed(1, 5000);
+      await new Promise((r) => setTimeout(r, idleBeforeMs));
+      q.submit({ writable: [8] }); // no kick: as a driver with notifications suppressed
+      const got = await q.waitUsed(1, 1000).then(
+        (u) => u.length === 1 && u[0]!.written.every((b) => b === 5),
+        () => false,
+      );
+      await handle.stop();
+      channel.close();
+      return got;
+    };
+    expect(await served(600_000, 0)).toBe(true); // still spinning
+    expect(await served(0, 0)).toBe(false); // no polling: it waits for a notification
+    expect(await served(200_000, 700)).toBe(false); // the spin window is over: asleep, costs nothing
   });
 
   it("a module that fails to build the device rejects ready with the error", async () => {

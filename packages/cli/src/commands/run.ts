@@ -45,7 +45,8 @@ Options (as kvmtool's lkvm run; the kernel may also come last, as there):
   -c, --cpus N        number of vCPUs (default 1)
   -d, --disk SPEC     a virtio-blk disk; repeat for more (/dev/vda, vdb, ...).
                       SPEC is PATH[,ro][,snapshot][,direct][,format=raw|qcow2]
-                      [,serial=ID][,thread=own|shared][,aio=io_uring|sync]:
+                      [,serial=ID][,thread=own|shared][,aio=io_uring|sync]
+                      [,poll=US]:
                       a raw or qcow2 image (probed unless format= is given);
                       ro: read-only; snapshot: writes go to a temporary
                       overlay and the image is left untouched; direct:
@@ -53,7 +54,9 @@ Options (as kvmtool's lkvm run; the kernel may also come last, as there):
                       or the thread shared with the console and rng; aio:
                       requests handed to the kernel in batches and completed
                       as they finish (io_uring, the default where the kernel
-                      allows it, raw images) or one after another (sync)
+                      allows it, raw images) or one after another (sync);
+                      poll: after serving requests its worker watches the
+                      ring for US µs before sleeping (default 0: off)
       --snapshot      every disk as ,snapshot
       --rng           a virtio-rng device (/dev/hwrng) fed by the host's CSPRNG
       --console TYPE  serial (default) or virtio: the terminal is the guest's
