@@ -6,7 +6,7 @@
 // line per (run, format, VMM). peakRssKiB is the VMM process's VmHWM (for tskvm the
 // node process), polled while it runs; the last value read before it exited.
 //
-//   node blk-in-guest.mjs KERNEL INITRD [FORMATS=raw[,qcow2]] [SECONDS=3] [VMMS=tskvm,tskvm-sync,kvmtool,kvmtool-noaio,qemu,qemu-iothread] [RUNS=1] [LKVM|-]
+//   node blk-in-guest.mjs KERNEL INITRD [FORMATS=raw[,qcow2]] [SECONDS=3] [VMMS=tskvm,tskvm-io_uring,tskvm-poll,kvmtool,kvmtool-noaio,qemu,qemu-iothread] [RUNS=1] [LKVM|-]
 //
 // Images live on $SANDBOX_WORK (a tmpfs in the sandbox; else a temp dir), 256 MiB,
 // filled with non-zero data first so reads read data: raw by writing it, qcow2 by
@@ -97,10 +97,10 @@ function argvFor(vmm, image, format) {
       // The same source built without libaio: synchronous preadv / pwritev on its blk thread.
       return kvmtoolArgv(`${lkvm}-noaio`, { ...guest, args: ["-d", image] });
     case "tskvm":
-      // tskvm probes the format itself; io_uring where the kernel allows it.
+      // tskvm probes the format itself; a disk without direct is served synchronously.
       return tskvmArgv({ ...guest, args: ["-d", image] });
-    case "tskvm-sync":
-      return tskvmArgv({ ...guest, args: ["-d", `${image},aio=sync`] });
+    case "tskvm-io_uring":
+      return tskvmArgv({ ...guest, args: ["-d", `${image},aio=io_uring`] });
     case "tskvm-poll":
       return tskvmArgv({ ...guest, args: ["-d", `${image},poll=100`] });
     default:

@@ -1,4 +1,4 @@
-// Guest block-I/O bench: tskvm (io_uring, and aio=sync) beside kvmtool (with and without
+// Guest block-I/O bench: tskvm (its default, aio=io_uring, poll=100) beside kvmtool (with and without
 // libaio) and QEMU+KVM (with and without an iothread),
 // the same kernel, initrd, guest program and disk image for each.
 //
@@ -7,7 +7,7 @@
 //   TSKVM_BENCH_BLK_RUNS=3 ...                           medians of 3 runs per VMM and format
 //
 // Environment: TSKVM_BENCH_BLK_FORMATS (raw; comma list of raw, qcow2), TSKVM_BENCH_BLK_SECONDS
-// (3, per workload), TSKVM_BENCH_BLK_VMMS (tskvm,tskvm-sync,tskvm-poll,kvmtool,kvmtool-noaio,qemu,qemu-iothread), TSKVM_BENCH_BLK_RUNS (1;
+// (3, per workload), TSKVM_BENCH_BLK_VMMS (tskvm,tskvm-io_uring,tskvm-poll,kvmtool,kvmtool-noaio,qemu,qemu-iothread), TSKVM_BENCH_BLK_RUNS (1;
 // more runs, round-robin, give medians: the sandbox is noisy), TSKVM_BENCH_BLK_JSON
 // (where the rows go; default bench/results/blk-DATE.json), TSKVM_E2E_TARGET (host|sandbox).
 //
@@ -48,7 +48,7 @@ const { results: rows, log } = await runOnTarget(
 const date = new Date().toISOString();
 const names = {
   tskvm: "tskvm",
-  "tskvm-sync": "tskvm aio=sync",
+  "tskvm-io_uring": "tskvm aio=io_uring",
   "tskvm-poll": "tskvm poll=100",
   kvmtool: "kvmtool",
   "kvmtool-noaio": "kvmtool no libaio",

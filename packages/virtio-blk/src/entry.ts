@@ -18,7 +18,7 @@ export interface BlkImageSpec {
   lock?: boolean;
   /** Writes go to a throwaway overlay. */
   snapshot?: boolean;
-  /** How reads, writes and flushes reach the disk (see `BlkAio`; default: io_uring where it can). */
+  /** How reads, writes and flushes reach the disk (see `BlkAio`). Default: io_uring (where the kernel allows it) for `direct` disks, else sync. */
   aio?: BlkAio;
 }
 
@@ -45,7 +45,10 @@ export default defineDeviceModule<BlkModuleData, BlkModuleInfo, BlkDeviceStats>(
     });
     let device: VirtioBlkDevice;
     try {
-      device = new VirtioBlkDevice({ image, ...options, aio: s.aio ?? "auto" });
+      // Default: io_uring for O_DIRECT disks, where the disk's own latency is worth keeping
+      // many requests in flight; through the page cache the synchronous path costs fewer
+      // system calls per request (measured: README, "Guest bench").
+      device = new VirtioBlkDevice({ image, ...options, aio: s.aio ?? (s.direct ? "auto" : "sync") });
     } catch (e) {
       image.close();
       throw e;

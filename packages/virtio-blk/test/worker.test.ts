@@ -69,104 +69,107 @@ function startDriver(data: Record<string, unknown>): {
 }
 
 describe("the blk I/O worker, transport in the worker (pci over a DeviceChannel)", () => {
-  it("serves thousands of requests from a driver worker while the main thread is blocked", async () => {
-    const region = GuestRegion.allocate(0, 48 << 20);
-    const memory = new GuestMemory([region]);
-    const channel = DeviceChannel.create();
-    const ioeventfds: (BlkIoeventfdEvent & { at: number })[] = [];
-    const routes: (BlkMsixEvent & { at: number })[] = [];
-    const bars: { index: number; address: number }[] = [];
-    const handle = startBlkWorker({
-      image: { path: freshDisk(), format: "raw" },
-      memory: memory.describe(),
-      transport: "pci",
-      channel: channel.describe(),
-      device: { serial: "worker-disk", queueSize: 128 },
-      hooks: {
-        ioeventfd: (e) => ioeventfds.push({ ...e, at: Date.now() }),
-        msix: (e) => routes.push({ ...e, at: Date.now() }),
-        barMoved: (index, address) => bars.push({ index, address }),
-      },
-    });
-    const ready = await handle.ready;
-    expect(ready.disk.size).toBe(DISK_SIZE);
-    expect(ready.pci?.bars[0]?.size).toBeGreaterThan(0);
-    expect(handle.configuration.limits.capacity).toBe(DISK_SIZE / 512);
+  it.each(["sync", "io_uring"] as const)(
+    "serves thousands of requests from a driver worker while the main thread is blocked (aio=%s)",
+    async (aio) => {
+      const region = GuestRegion.allocate(0, 48 << 20);
+      const memory = new GuestMemory([region]);
+      const channel = DeviceChannel.create();
+      const ioeventfds: (BlkIoeventfdEvent & { at: number })[] = [];
+      const routes: (BlkMsixEvent & { at: number })[] = [];
+      const bars: { index: number; address: number }[] = [];
+      const handle = startBlkWorker({
+        image: { path: freshDisk(), format: "raw", aio },
+        memory: memory.describe(),
+        transport: "pci",
+        channel: channel.describe(),
+        device: { serial: "worker-disk", queueSize: 128 },
+        hooks: {
+          ioeventfd: (e) => ioeventfds.push({ ...e, at: Date.now() }),
+          msix: (e) => routes.push({ ...e, at: Date.now() }),
+          barMoved: (index, address) => bars.push({ index, address }),
+        },
+      });
+      const ready = await handle.ready;
+      expect(ready.disk.size).toBe(DISK_SIZE);
+      expect(ready.pci?.bars[0]?.size).toBeGreaterThan(0);
+      expect(handle.configuration.limits.capacity).toBe(DISK_SIZE / 512);
 
-    // The main thread is a channel client too (the worker serves it), through the handler module
-    // machine-x86's vCPU workers load: Linux's first config read.
-    const { createPciDevice } = (await import(
-      BLK_PCI_HANDLER_MODULE
-    )) as typeof import("@tskvm/virtio-worker/pci-handler");
-    const fn = createPciDevice({ data: { channel: channel.describe() } });
-    const id = new Uint8Array(4);
-    fn.readConfig(0, id);
-    expect(new DataView(id.buffer).getUint16(0, true)).toBe(VIRTIO_PCI_VENDOR_ID);
-    expect(new DataView(id.buffer).getUint16(2, true)).toBe(0x1042);
+      // The main thread is a channel client too (the worker serves it), through the handler module
+      // machine-x86's vCPU workers load: Linux's first config read.
+      const { createPciDevice } = (await import(
+        BLK_PCI_HANDLER_MODULE
+      )) as typeof import("@tskvm/virtio-worker/pci-handler");
+      const fn = createPciDevice({ data: { channel: channel.describe() } });
+      const id = new Uint8Array(4);
+      fn.readConfig(0, id);
+      expect(new DataView(id.buffer).getUint16(0, true)).toBe(VIRTIO_PCI_VENDOR_ID);
+      expect(new DataView(id.buffer).getUint16(2, true)).toBe(0x1042);
 
-    const count = 3000;
-    const driver = startDriver({
-      mode: "mixed",
-      memory: memory.describe(),
-      channel: channel.describe(),
-      notifyFd: handle.notifyEventFds[0]!.fd,
-      irqfd: handle.irqEventFds[1]!.fd,
-      heap: { address: 0x10_0000, size: 40 << 20 },
-      queueSize: 128,
-      count,
-      depth: 16,
-      seed: 42,
-      diskSeed: DISK_SEED,
-    });
-    // Block this thread synchronously until the driver is done: no event loop, no timers,
-    // no message handling here while the requests go driver → eventfd → blk worker → irqfd.
-    const t0 = Date.now();
-    while (Atomics.load(driver.result, R.DONE) === 0 && Date.now() - t0 < 50_000)
-      Atomics.wait(driver.result, R.DONE, 0, 500);
-    const unblocked = Date.now();
-    expect(Atomics.load(driver.result, R.DONE)).toBe(1);
-    expect(Atomics.load(driver.result, R.COMPLETED)).toBe(count);
-    expect(Atomics.load(driver.result, R.BAD)).toBe(0);
-    // The worker adds a batch to its shared counter once the batch is over (the driver may see
-    // the last completions a moment before).
-    for (let i = 0; i < 100 && handle.completed < count; i++) Atomics.wait(driver.result, R.DONE, 1, 10);
-    expect(handle.completed).toBe(count);
+      const count = 3000;
+      const driver = startDriver({
+        mode: "mixed",
+        memory: memory.describe(),
+        channel: channel.describe(),
+        notifyFd: handle.notifyEventFds[0]!.fd,
+        irqfd: handle.irqEventFds[1]!.fd,
+        heap: { address: 0x10_0000, size: 40 << 20 },
+        queueSize: 128,
+        count,
+        depth: 16,
+        seed: 42,
+        diskSeed: DISK_SEED,
+      });
+      // Block this thread synchronously until the driver is done: no event loop, no timers,
+      // no message handling here while the requests go driver → eventfd → blk worker → irqfd.
+      const t0 = Date.now();
+      while (Atomics.load(driver.result, R.DONE) === 0 && Date.now() - t0 < 50_000)
+        Atomics.wait(driver.result, R.DONE, 0, 500);
+      const unblocked = Date.now();
+      expect(Atomics.load(driver.result, R.DONE)).toBe(1);
+      expect(Atomics.load(driver.result, R.COMPLETED)).toBe(count);
+      expect(Atomics.load(driver.result, R.BAD)).toBe(0);
+      // The worker adds a batch to its shared counter once the batch is over (the driver may see
+      // the last completions a moment before).
+      for (let i = 0; i < 100 && handle.completed < count; i++) Atomics.wait(driver.result, R.DONE, 1, 10);
+      expect(handle.completed).toBe(count);
 
-    const report = await driver.report;
-    expect(report.badDetails).toEqual([]);
-    expect(BigInt(`0x${report.features}`) & (1n << 29n)).toBe(1n << 29n); // EVENT_IDX negotiated
-    // The VMM-side hooks (register the ioeventfd, route the MSI-X vectors) only ran once the
-    // main thread was free again: they are not on the request path. Their messages come on the
-    // worker's own port, which the event loop may serve after the driver's report: wait for them.
-    for (let i = 0; i < 200 && (ioeventfds.length === 0 || routes.length < 2); i++)
-      await new Promise((r) => setTimeout(r, 10));
-    expect(ioeventfds.length).toBeGreaterThan(0);
-    expect(ioeventfds[0]).toMatchObject({ action: "register", queue: 0, region: { space: "mmio" } });
-    // The driver placed BAR 0 (as firmware or Linux would); the doorbell is at BAR 0 + 0x3000.
-    const bar0 = bars.filter((b) => b.index === 0).pop()?.address ?? 0;
-    expect(bar0).toBe(0xe000_0000);
-    expect(ioeventfds[0]!.region.address).toBe(bar0 + 0x3000);
-    expect(ioeventfds[0]!.eventFd).toBe(handle.notifyEventFds[0]);
-    expect(routes.map((r) => r.vector).sort()).toEqual([0, 1]);
-    expect(routes.every((r) => r.message !== null && r.irqfd !== undefined)).toBe(true);
-    for (const e of [...ioeventfds, ...routes]) expect(e.at).toBeGreaterThanOrEqual(unblocked);
+      const report = await driver.report;
+      expect(report.badDetails).toEqual([]);
+      expect(BigInt(`0x${report.features}`) & (1n << 29n)).toBe(1n << 29n); // EVENT_IDX negotiated
+      // The VMM-side hooks (register the ioeventfd, route the MSI-X vectors) only ran once the
+      // main thread was free again: they are not on the request path. Their messages come on the
+      // worker's own port, which the event loop may serve after the driver's report: wait for them.
+      for (let i = 0; i < 200 && (ioeventfds.length === 0 || routes.length < 2); i++)
+        await new Promise((r) => setTimeout(r, 10));
+      expect(ioeventfds.length).toBeGreaterThan(0);
+      expect(ioeventfds[0]).toMatchObject({ action: "register", queue: 0, region: { space: "mmio" } });
+      // The driver placed BAR 0 (as firmware or Linux would); the doorbell is at BAR 0 + 0x3000.
+      const bar0 = bars.filter((b) => b.index === 0).pop()?.address ?? 0;
+      expect(bar0).toBe(0xe000_0000);
+      expect(ioeventfds[0]!.region.address).toBe(bar0 + 0x3000);
+      expect(ioeventfds[0]!.eventFd).toBe(handle.notifyEventFds[0]);
+      expect(routes.map((r) => r.vector).sort()).toEqual([0, 1]);
+      expect(routes.every((r) => r.message !== null && r.irqfd !== undefined)).toBe(true);
+      for (const e of [...ioeventfds, ...routes]) expect(e.at).toBeGreaterThanOrEqual(unblocked);
 
-    const stats = handle.stats();
-    expect(stats.completed).toBe(count);
-    expect(stats.reads + stats.writes).toBe(count);
-    expect(stats.batches).toBeLessThan(count);
-    const exit = await handle.stop();
-    expect(exit.error).toBeUndefined();
-    expect(exit.queues[0]?.state).toMatchObject({
-      nextAvail: count,
-      nextUsed: count,
-      size: 128,
-      eventIdx: true,
-    });
-    await driver.worker.terminate();
-    channel.close();
-    region.release();
-  });
+      const stats = handle.stats();
+      expect(stats.completed).toBe(count);
+      expect(stats.reads + stats.writes).toBe(count);
+      expect(stats.batches).toBeLessThan(count);
+      const exit = await handle.stop();
+      expect(exit.error).toBeUndefined();
+      expect(exit.queues[0]?.state).toMatchObject({
+        nextAvail: count,
+        nextUsed: count,
+        size: 128,
+        eventIdx: true,
+      });
+      await driver.worker.terminate();
+      channel.close();
+      region.release();
+    },
+  );
 
   it("stop() during heavy I/O returns promptly, and the process exits by itself", () => {
     const child = spawnSync(

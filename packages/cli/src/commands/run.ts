@@ -53,8 +53,9 @@ Options (as kvmtool's lkvm run; the kernel may also come last, as there):
                       O_DIRECT (raw images); thread: its own worker (default)
                       or the thread shared with the console and rng; aio:
                       requests handed to the kernel in batches and completed
-                      as they finish (io_uring, the default where the kernel
-                      allows it, raw images) or one after another (sync);
+                      as they finish (io_uring: the default for raw images
+                      with direct) or one after another (sync: the default
+                      through the page cache);
                       poll: after serving requests its worker watches the
                       ring for US µs before sleeping (default 0: off)
       --snapshot      every disk as ,snapshot
