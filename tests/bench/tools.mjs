@@ -72,7 +72,7 @@ export function kvmtool() {
 
 /** The median of the numbers among `xs` (the mean of the middle two for an even count), or undefined. */
 export function median(xs) {
-  const s = xs.filter((x) => typeof x === "number").sort((a, b) => a - b);
+  const s = xs.filter((x) => typeof x === "number" && Number.isFinite(x)).sort((a, b) => a - b);
   if (s.length === 0) return undefined;
   const m = Math.floor(s.length / 2);
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
