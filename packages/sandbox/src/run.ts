@@ -662,7 +662,21 @@ export async function runInSandbox(script: string, options: SandboxOptions = {})
         { type: "file", path: "sandbox/nonce", data: Buffer.from(nonce) },
       ]);
       writeFileSync(initrd, Buffer.concat([base, perRun]));
-      result = await runAttempt(image, initrd, nonce, options, timeoutMs, bootTimeoutMs);
+      try {
+        result = await runAttempt(image, initrd, nonce, options, timeoutMs, bootTimeoutMs);
+      } catch (e) {
+        // The sandbox VM itself died before the script finished (its kernel panicked: nested
+        // KVM under TCG, like its hangs): retried once as a hang is; a second time is a bug.
+        if (!(e instanceof SandboxError) || !e.message.startsWith("QEMU ended") || attempt >= maxAttempts)
+          throw e;
+        const message = `attempt ${attempt}: the sandbox VM ended before the script finished (${e.message.split("\n")[0]}); retrying once`;
+        process.stderr.write(
+          `[tskvm-sandbox] ${message}\n${e.consoleTail ? `${tail(e.consoleTail, 5)}\n` : ""}`,
+        );
+        if (options.log) options.log(message);
+        hangs.push({ attempt, phase: "run", elapsedMs: -1, consoleTail: e.consoleTail ?? "" });
+        continue;
+      }
     } finally {
       liveDirs.delete(dir);
       rmSync(dir, { recursive: true, force: true });

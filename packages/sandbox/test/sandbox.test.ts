@@ -176,6 +176,15 @@ describe("runInSandbox", () => {
     2 * BOOT_BUDGET_MS,
   );
 
+  it("retries once when the sandbox VM itself dies before the script finishes (kernel panic), then reports it", async () => {
+    const log: string[] = [];
+    // sysrq-c panics the sandbox's kernel: QEMU (-no-reboot) ends with the script unfinished.
+    const run = runInSandbox("echo c > /proc/sysrq-trigger; sleep 60", { log: (l) => log.push(l) });
+    await expect(run).rejects.toThrow(/QEMU ended .* before the script finished/);
+    expect(log.filter((l) => /ended before the script finished.*retrying once/.test(l))).toHaveLength(1);
+    expect(liveSandboxCount()).toBe(0);
+  }, 240_000);
+
   it("retries a hung boot once, then reports it; an abort kills QEMU at once", async () => {
     // A 1 s boot bound is always exceeded: both attempts hang in the boot phase.
     const r = await runInSandbox("echo never", { bootTimeoutMs: 1000 });

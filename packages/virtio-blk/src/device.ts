@@ -320,7 +320,7 @@ export class VirtioBlkDevice implements VirtioDevice {
   // Requests in flight on the asynchronous queue, by tag: what completing each one needs.
   #tagHead = new Int32Array(0);
   #tagQueue = new Int32Array(0);
-  /** IN: the bytes the chain gets on success; OUT / FLUSH: 0. */
+  /** IN / OUT: the request's data bytes (IN: what the chain gets on success); FLUSH: 0. */
   #tagLength = new Int32Array(0);
   #tagKind = new Uint8Array(0);
   #tagStatus: (Uint8Array | null)[] = [];
@@ -475,6 +475,7 @@ export class VirtioBlkDevice implements VirtioDevice {
       this.#deferred[active.index] = true;
       return 0;
     }
+    this.#deferred[active.index] = false;
     const maxBytes = Math.min(byteBudget, this.#bytes + MAX_BATCH_BYTES);
     let n = 0;
     let thrown: unknown;
