@@ -257,6 +257,8 @@ export class Machine {
   #haltRips = "";
   #vcpus: Vcpu[] = [];
   #prepared: PreparedVcpuThread[] = [];
+  /** The vCPU workers' handler module, found once (the prepared workers are loading it). */
+  readonly #handlerModule: URL;
   #handlerData: VcpuHandlerData | undefined;
   #ending: Promise<MachineExit> | undefined;
   #starting: Promise<void> | undefined;
@@ -305,6 +307,7 @@ export class Machine {
     startupPhase("acceleration-probed");
     // Each vCPU's worker boots (a new isolate) and loads the exit handlers while the VM is built.
     const handlerModule = handlerModuleUrl();
+    this.#handlerModule = handlerModule;
     this.#prepared = Array.from({ length: cpus }, () => VcpuThread.prepare(handlerModule));
     this.#control = controlBlock(cpus);
 
@@ -507,7 +510,7 @@ export class Machine {
 
   async #startThreads(): Promise<void> {
     const vm = this.#vm!;
-    const handlerModule = handlerModuleUrl();
+    const handlerModule = this.#handlerModule;
     const started = await Promise.allSettled(
       Array.from({ length: this.cpus }, (_, id) =>
         VcpuThread.start<VcpuHandlerData>({
