@@ -383,6 +383,8 @@ export class VirtioBlkDevice implements VirtioDevice {
     const st = this.#stats;
     const es = this.#inline!.engine.stats;
     let signal = 0; // bit per queue (one queue today)
+    let queueIndex = -1;
+    let tagQueue: ActiveQueue | undefined;
     try {
       for (let n = aq.reap(tags, results); n > 0; n = aq.reap(tags, results)) {
         for (let k = 0; k < n; k++) {
@@ -405,11 +407,15 @@ export class VirtioBlkDevice implements VirtioDevice {
             es.bytesWritten += length;
           } else es.flushes++;
           st.completed++;
-          const active = ctx?.queues.find((q) => q.index === this.#tagQueue[tag]);
-          if (!active || active.queue.broken) continue;
+          // One queue today: look it up when the tag's queue changes, not per completion.
+          if (this.#tagQueue[tag] !== queueIndex) {
+            queueIndex = this.#tagQueue[tag]!;
+            tagQueue = ctx?.queues.find((q) => q.index === queueIndex);
+          }
+          if (!tagQueue || tagQueue.queue.broken) continue;
           status[0] = ok ? VIRTIO_BLK_S_OK : VIRTIO_BLK_S_IOERR;
-          active.queue.addUsed(this.#tagHead[tag]!, (ok && kind === KIND_READ ? length : 0) + 1);
-          signal |= 1 << active.index;
+          tagQueue.queue.addUsed(this.#tagHead[tag]!, (ok && kind === KIND_READ ? length : 0) + 1);
+          signal |= 1 << tagQueue.index;
         }
       }
       if (!ctx) return;
