@@ -87,6 +87,17 @@ export {
   type MachineStartupPhase,
 } from "./machine.js";
 export type {
+  DeviceStatsReport,
+  DeviceThreadStats,
+  DeviceTuning,
+  IoPriority,
+  MachineDeviceControl,
+  MachineState,
+  MachineStats,
+  RateLimit,
+  VcpuStats,
+} from "./run-control.js";
+export type {
   CreatePciDevice,
   PciDeviceHandler,
   PciDeviceWorkerContext,

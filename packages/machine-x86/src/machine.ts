@@ -57,6 +57,7 @@ import { PciBus, type PciDeviceInfo, type PciDeviceSpec } from "./devices/pci.js
 import { COM1, Serial } from "./devices/serial.js";
 import { ByteRing } from "./devices/shared.js";
 import { GsiRouter } from "./irq-routing.js";
+import type { MachineDeviceControl } from "./run-control.js";
 import type { VcpuHandlerData } from "./vcpu-handler.js";
 
 export interface MachineOptions {
@@ -89,6 +90,8 @@ export interface MachinePciDevice extends PciDeviceSpec {
   attach?: (vm: Vm, info: PciDeviceInfo) => void;
   /** When the machine ends, after the vCPUs stopped and before the VM closes (stop I/O threads here). */
   detach?: () => void | Promise<void>;
+  /** Run-time control (stats, pause, limits): what `machine.devices` and its controllers reach. */
+  control?: MachineDeviceControl;
 }
 
 /** What a device factory gets: the VM (its memory for I/O threads) and the machine's interrupt routing. */
