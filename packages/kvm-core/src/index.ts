@@ -35,6 +35,17 @@ export {
   type Segment,
   type Sregs,
 } from "./structs.js";
+export {
+  currentThreadId,
+  decodeIoPriority,
+  encodeIoPriority,
+  getThreadIoPriority,
+  getThreadNice,
+  type IoPriority,
+  setThreadIoPriority,
+  setThreadNice,
+  type ThreadIoPriority,
+} from "./thread.js";
 export { Vcpu, type VcpuDescriptor, type VcpuExit } from "./vcpu.js";
 export {
   type ExitAction,

@@ -25,6 +25,8 @@ export interface NativeBinding {
   poll(fds: Int32Array, events: Int16Array, revents: Int16Array, timeoutMs: number): number;
   gettid(): number;
   getpid(): number;
+  ioprioSet(which: number, who: number, ioprio: number): void;
+  ioprioGet(which: number, who: number): number;
   installKickSignal(): number;
   kickThread(tid: number): void;
 }

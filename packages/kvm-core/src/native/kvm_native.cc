@@ -299,6 +299,27 @@ Napi::Value Getpid(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(::getpid()));
 }
 
+// ioprioSet(which, who, ioprio) / ioprioGet(which, who): the raw ioprio_set(2) /
+// ioprio_get(2) system calls (no glibc wrapper). The class/level encoding is TypeScript's.
+Napi::Value IoprioSet(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int64_t which = 0, who = 0, prio = 0;
+  if (!GetInt(info, 0, &which) || !GetInt(info, 1, &who) || !GetInt(info, 2, &prio))
+    return ThrowType(env, "ioprioSet(which, who, ioprio)");
+  if (::syscall(SYS_ioprio_set, static_cast<int>(which), static_cast<int>(who), static_cast<int>(prio)) < 0)
+    return ThrowErrno(env, "ioprio_set", errno);
+  return env.Undefined();
+}
+
+Napi::Value IoprioGet(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int64_t which = 0, who = 0;
+  if (!GetInt(info, 0, &which) || !GetInt(info, 1, &who)) return ThrowType(env, "ioprioGet(which, who)");
+  long r = ::syscall(SYS_ioprio_get, static_cast<int>(which), static_cast<int>(who));
+  if (r < 0) return ThrowErrno(env, "ioprio_get", errno);
+  return Napi::Number::New(env, static_cast<double>(r));
+}
+
 void NoopHandler(int) {}
 
 // The signal that kicks a vCPU thread out of KVM_RUN (or any blocking
@@ -349,6 +370,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("poll", Napi::Function::New(env, Poll));
   exports.Set("gettid", Napi::Function::New(env, Gettid));
   exports.Set("getpid", Napi::Function::New(env, Getpid));
+  exports.Set("ioprioSet", Napi::Function::New(env, IoprioSet));
+  exports.Set("ioprioGet", Napi::Function::New(env, IoprioGet));
   exports.Set("installKickSignal", Napi::Function::New(env, InstallKickSignal));
   exports.Set("kickThread", Napi::Function::New(env, KickThread));
   return exports;
