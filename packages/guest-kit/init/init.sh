@@ -8,6 +8,8 @@
 #   (neither)             start an interactive shell on the console; power off when it exits.
 #   tskvm.verbose         keep kernel messages on the console while the command runs.
 #   tskvm.reboot          end with `reboot -f` instead of `poweroff -f`.
+#   (Ctrl-Alt-Del)        sync and power off at once: `tskvm stop` asks for it through the
+#                         keyboard controller.
 #   console=hvc0          (the last console=) once the modules are loaded, the script and the
 #                         command use /dev/hvc0 (the virtio console) if it opens.
 #   MODULE.PARAM=VALUE    passed to insmod for the bundled modules, as modprobe would.
@@ -145,6 +147,22 @@ tskvm_end() {
   exit 1
 }
 
+# Ctrl-Alt-Del (`tskvm stop`, through the keyboard controller) signals this script instead of
+# restarting at once (kernel.ctrl-alt-del=0 sends SIGINT to PID 1): sync and power off, as an
+# init would. The command runs in the background and the script waits for it, because a shell
+# runs a trap only between commands and `wait` is the one it interrupts.
+tskvm_ctrl_alt_del() {
+  echo
+  echo "tskvm: Ctrl-Alt-Del: syncing the disks and powering off"
+  sync
+  poweroff -f
+  reboot -f
+}
+trap tskvm_ctrl_alt_del INT
+echo 0 >/proc/sys/kernel/ctrl-alt-del
+# A background command's stdin would be /dev/null: hand it the console through fd 3.
+exec 3<&0
+
 CMD=$(tskvm_command "$CMDLINE")
 FOUND=$?
 case $FOUND in
@@ -152,7 +170,8 @@ case $FOUND in
     tskvm_cmdline flag tskvm.verbose "$CMDLINE" || echo 1 >/proc/sys/kernel/printk
     cd /root || cd /
     echo "tskvm: command begin"
-    sh -c "$CMD"
+    sh -c "$CMD" <&3 3<&- &
+    wait $!
     STATUS=$?
     echo
     echo "tskvm: command exited with status $STATUS"
@@ -163,7 +182,8 @@ case $FOUND in
   *)
     echo "tskvm: no tskvm.cmd on the kernel command line; starting a shell (exit it to power off)"
     cd /root || cd /
-    setsid cttyhack sh -l
+    setsid cttyhack sh -l <&3 3<&- &
+    wait $!
     ;;
 esac
 tskvm_end
