@@ -2,11 +2,13 @@ import type { DiskImage } from "@tskvm/disk-image";
 import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC } from "@tskvm/virtio";
 import {
   BLK_CONFIG_SIZE,
+  BLK_MAX_QUEUES,
   BlkConfigOffset,
   SECTOR_SIZE,
   VIRTIO_BLK_F_BLK_SIZE,
   VIRTIO_BLK_F_DISCARD,
   VIRTIO_BLK_F_FLUSH,
+  VIRTIO_BLK_F_MQ,
   VIRTIO_BLK_F_RO,
   VIRTIO_BLK_F_SEG_MAX,
   VIRTIO_BLK_F_SIZE_MAX,
@@ -47,6 +49,11 @@ export function diskInfo(image: DiskImage): BlkDiskInfo {
 export interface BlkDeviceOptions {
   /** GET_ID answer: ASCII, at most 20 bytes (longer is cut). Default "" (all NULs). */
   serial?: string;
+  /**
+   * Request queues (VIRTIO_BLK_F_MQ when more than 1): 1 to {@link BLK_MAX_QUEUES}, e.g. one
+   * per vCPU. Every queue is served by the same device (one worker thread). Default 1.
+   */
+  queues?: number;
   /** Largest queue size the driver may choose (power of two ≤ 32768). Default 256. */
   queueSize?: number;
   /** size_max: largest single data segment in bytes the driver may send. Default 1 MiB. Enforced: IOERR beyond. */
@@ -93,6 +100,8 @@ export interface BlkLimits {
 export interface BlkConfiguration {
   features: bigint;
   queueSize: number;
+  /** Request queues (num_queues). */
+  queues: number;
   /** struct virtio_blk_config, little-endian, {@link BLK_CONFIG_SIZE} bytes. */
   configSpace: Uint8Array;
   /** Limits with every offered feature on; {@link limitsFor} narrows them to what was negotiated. */
@@ -117,6 +126,9 @@ export function blkConfiguration(info: BlkDiskInfo, options: BlkDeviceOptions = 
     (queueSize & (queueSize - 1)) !== 0
   )
     throw new RangeError(`queue size ${queueSize} is not a power of two in 1..32768`);
+  const queues = options.queues ?? 1;
+  if (!Number.isInteger(queues) || queues < 1 || queues > BLK_MAX_QUEUES)
+    throw new RangeError(`queues ${queues} is not an integer in 1..${BLK_MAX_QUEUES}`);
   const sizeMax = u32("sizeMax", options.sizeMax ?? 1 << 20, SECTOR_SIZE);
   const segMax = u32("segMax", options.segMax ?? Math.max(1, queueSize - 2), 1);
   const discard = options.discard ?? info.supportsDiscard;
@@ -131,6 +143,7 @@ export function blkConfiguration(info: BlkDiskInfo, options: BlkDeviceOptions = 
 
   let features = VIRTIO_BLK_F_SIZE_MAX | VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_BLK_SIZE | VIRTIO_BLK_F_FLUSH;
   if (info.readOnly) features |= VIRTIO_BLK_F_RO;
+  if (queues > 1) features |= VIRTIO_BLK_F_MQ;
   if (discard) features |= VIRTIO_BLK_F_DISCARD;
   if (writeZeroes) features |= VIRTIO_BLK_F_WRITE_ZEROES;
   if (options.eventIdx ?? true) features |= VIRTIO_F_EVENT_IDX;
@@ -150,7 +163,7 @@ export function blkConfiguration(info: BlkDiskInfo, options: BlkDeviceOptions = 
   dv.setUint16(O.MIN_IO_SIZE, 1, true);
   dv.setUint32(O.OPT_IO_SIZE, 0, true);
   dv.setUint8(O.WRITEBACK, 0);
-  dv.setUint16(O.NUM_QUEUES, 1, true);
+  dv.setUint16(O.NUM_QUEUES, queues, true);
   if (discard) {
     dv.setUint32(O.MAX_DISCARD_SECTORS, maxDiscardSectors, true);
     dv.setUint32(O.MAX_DISCARD_SEG, maxDiscardSegments, true);
@@ -174,6 +187,7 @@ export function blkConfiguration(info: BlkDiskInfo, options: BlkDeviceOptions = 
   return {
     features,
     queueSize,
+    queues,
     configSpace: cfg,
     serial,
     limits: {

@@ -52,6 +52,8 @@ export const VIRTIO_BLK_F_SEG_MAX = feature(BlkFeatureBit.SEG_MAX);
 export const VIRTIO_BLK_F_RO = feature(BlkFeatureBit.RO);
 export const VIRTIO_BLK_F_BLK_SIZE = feature(BlkFeatureBit.BLK_SIZE);
 export const VIRTIO_BLK_F_FLUSH = feature(BlkFeatureBit.FLUSH);
+/** More than one request queue; `num_queues` in the config space says how many. */
+export const VIRTIO_BLK_F_MQ = feature(BlkFeatureBit.MQ);
 export const VIRTIO_BLK_F_DISCARD = feature(BlkFeatureBit.DISCARD);
 export const VIRTIO_BLK_F_WRITE_ZEROES = feature(BlkFeatureBit.WRITE_ZEROES);
 
@@ -77,5 +79,12 @@ export const BlkConfigOffset = {
   MAX_WRITE_ZEROES_SEG: 52,
   WRITE_ZEROES_MAY_UNMAP: 56,
 } as const;
+/**
+ * Most request queues a device offers (`queues`). One worker thread serves them all, so more
+ * queues add no host parallelism: they let guest CPUs submit and take completions without
+ * sharing a ring (Linux maps CPUs onto queues when there are fewer). Each queue costs a notify
+ * eventfd, an MSI-X vector with its irqfd and GSI, and a look per poll round; 16 keeps that small.
+ */
+export const BLK_MAX_QUEUES = 16;
 /** Config space exposed: up to and including `unused1` (the secure-erase and zoned fields are not offered). */
 export const BLK_CONFIG_SIZE = 60;

@@ -15,11 +15,50 @@ import {
   diskInfo,
   limitsFor,
 } from "./config.js";
-import { BLK_CONFIG_SIZE, SECTOR_SIZE, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK } from "./constants.js";
+import {
+  BLK_CONFIG_SIZE,
+  SECTOR_SIZE,
+  VIRTIO_BLK_S_IOERR,
+  VIRTIO_BLK_S_OK,
+  VIRTIO_BLK_S_UNSUPP,
+} from "./constants.js";
 import { BlockEngine, type BlockResult, type BlockStats } from "./engine.js";
 import { type BlockRequest, BlockRequestError, GuestViewCache, parseBlockRequest } from "./request.js";
+import { type LatencyHistogram, LatencyRecorder } from "./stats.js";
 
-/** Counters of a device (plain data): the engine's plus what the queue loop saw. */
+/**
+ * Requests answered with a status byte, by what they asked for, whatever the answer (OK, or
+ * IOERR from the disk); the driver's mistakes in their own two counters. They add up to
+ * {@link BlkDeviceStats.completed}.
+ */
+export interface BlkRequestCounts {
+  read: number;
+  write: number;
+  flush: number;
+  getId: number;
+  discard: number;
+  writeZeroes: number;
+  /** Answered UNSUPP: a type this device does not implement or the driver did not negotiate. */
+  unsupported: number;
+  /** Answered IOERR because the driver got the request wrong (out of range, bad layout, …). */
+  invalid: number;
+}
+
+/** Error answers, by kind. */
+export interface BlkErrorCounts {
+  /** IOERR answers: the disk failed (`ioErrors`) or the request was invalid (`requests.invalid`). */
+  ioerr: number;
+  /** UNSUPP answers (`requests.unsupported`). */
+  unsupp: number;
+  /** Chains that could not be answered (no status byte, malformed ring entries): used length 0 (`failed`). */
+  malformed: number;
+}
+
+/**
+ * Counters of a device (plain JSON data): the engine's plus what the queue loop saw. Every
+ * counter only grows (a device reset does not clear them): a controller takes two snapshots
+ * and divides the difference by the time between them (IOPS, MB/s, `histogramDelta`).
+ */
 export interface BlkDeviceStats extends BlockStats {
   /** Requests completed with a status byte (any status). */
   completed: number;
@@ -39,6 +78,14 @@ export interface BlkDeviceStats extends BlockStats {
   serviceMs: number;
   /** The I/O worker thread's CPU time so far, in ms (worker stats on Linux only). */
   cpuMs?: number;
+  /** Request queues the device offers. */
+  queues: number;
+  /** Requests taken off the rings and not answered yet (aio io_uring; 0 with sync I/O between calls). */
+  inFlight: number;
+  requests: BlkRequestCounts;
+  errors: BlkErrorCounts;
+  /** Latency of the requests answered with a status byte (`completed`), ring to used ring. */
+  latency: LatencyHistogram;
 }
 
 /**
@@ -107,7 +154,8 @@ export const MAX_BATCH_BYTES = 32 << 20;
 export const DEFAULT_BATCH_BUDGET = Number.POSITIVE_INFINITY;
 
 /**
- * A virtio block device (virtio 1.2 §5.2): one request queue, FLUSH, GET_ID,
+ * A virtio block device (virtio 1.2 §5.2): one request queue or several (VIRTIO_BLK_F_MQ,
+ * `queues`: each served here, every answer on its own queue's used ring and interrupt), FLUSH, GET_ID,
  * DISCARD and WRITE_ZEROES when the disk can, RO for read-only disks,
  * EVENT_IDX and indirect descriptors.
  *
@@ -130,6 +178,17 @@ export class VirtioBlkDevice implements VirtioDevice {
   #views: GuestViewCache | undefined;
   #limits: BlkLimits;
   readonly #stats = { completed: 0, rejected: 0, failed: 0, batches: 0, interrupts: 0, serviceMs: 0 };
+  readonly #requests: BlkRequestCounts = {
+    read: 0,
+    write: 0,
+    flush: 0,
+    getId: 0,
+    discard: 0,
+    writeZeroes: 0,
+    unsupported: 0,
+    invalid: 0,
+  };
+  readonly #latency = new LatencyRecorder();
 
   constructor(options: VirtioBlkDeviceOptions) {
     if ("worker" in options) {
@@ -138,7 +197,9 @@ export class VirtioBlkDevice implements VirtioDevice {
     } else {
       const { image, ...rest } = options;
       this.configuration = blkConfiguration(diskInfo(image), rest);
-      const depth = this.configuration.queueSize;
+      // A tag per request in flight on any queue (the asynchronous queue's limit is 4096; a
+      // queue that finds every tag taken waits for completions: #deferred).
+      const depth = Math.min(4096, this.configuration.queueSize * this.configuration.queues);
       this.#inline = {
         engine: new BlockEngine(image, {
           serial: this.configuration.serial,
@@ -148,6 +209,7 @@ export class VirtioBlkDevice implements VirtioDevice {
       };
       if (this.#inline.aq) {
         this.#tagHead = new Int32Array(depth);
+        this.#tagStart = new Float64Array(depth);
         this.#tagQueue = new Int32Array(depth);
         this.#tagLength = new Int32Array(depth);
         this.#tagKind = new Uint8Array(depth);
@@ -157,7 +219,7 @@ export class VirtioBlkDevice implements VirtioDevice {
       }
     }
     this.features = this.configuration.features;
-    this.queueMaxSizes = [this.configuration.queueSize];
+    this.queueMaxSizes = new Array<number>(this.configuration.queues).fill(this.configuration.queueSize);
     this.#limits = this.configuration.limits;
   }
 
@@ -310,16 +372,20 @@ export class VirtioBlkDevice implements VirtioDevice {
   // One batch, reused: the chains' heads, and per chain its parsed request
   // or the driver's mistake (both null: used length 0).
   readonly #heads: number[] = [];
-  readonly #requests: (BlockRequest | null)[] = [];
+  readonly #batch: (BlockRequest | null)[] = [];
   readonly #errors: (BlockRequestError | null)[] = [];
   readonly #valid: BlockRequest[] = [];
   readonly #results: BlockResult[] = [];
   /** Per chain of the batch: 1 when it went to the asynchronous queue. */
   readonly #submitted = new Uint8Array(MAX_BATCH);
+  /** Per chain of the batch: when it was taken off the ring (performance.now()). */
+  readonly #takenAt = new Float64Array(MAX_BATCH);
 
   // Requests in flight on the asynchronous queue, by tag: what completing each one needs.
   #tagHead = new Int32Array(0);
   #tagQueue = new Int32Array(0);
+  /** When the request was taken off the ring (performance.now()). */
+  #tagStart = new Float64Array(0);
   /** IN / OUT: the request's data bytes (IN: what the chain gets on success); FLUSH: 0. */
   #tagLength = new Int32Array(0);
   #tagKind = new Uint8Array(0);
@@ -333,7 +399,7 @@ export class VirtioBlkDevice implements VirtioDevice {
   #queued = 0;
 
   /** Queues `req` (IN, OUT, FLUSH) on the asynchronous queue under a free tag; false: run it synchronously. */
-  #submit(aq: DiskAsyncQueue, req: BlockRequest, queueIndex: number): boolean {
+  #submit(aq: DiskAsyncQueue, req: BlockRequest, queueIndex: number, takenAt: number): boolean {
     const tag = this.#freeTags[this.#freeCount - 1]!;
     try {
       let queued: boolean;
@@ -348,6 +414,7 @@ export class VirtioBlkDevice implements VirtioDevice {
     this.#queued++;
     this.#tagHead[tag] = req.head;
     this.#tagQueue[tag] = queueIndex;
+    this.#tagStart[tag] = takenAt;
     this.#tagKind[tag] = req.type === "in" ? KIND_READ : req.type === "out" ? KIND_WRITE : KIND_FLUSH;
     this.#tagLength[tag] = req.type === "in" ? req.length : req.type === "out" ? req.length : 0;
     this.#tagStatus[tag] = req.status;
@@ -382,11 +449,14 @@ export class VirtioBlkDevice implements VirtioDevice {
     const results = this.#reapResults;
     const st = this.#stats;
     const es = this.#inline!.engine.stats;
-    let signal = 0; // bit per queue (one queue today)
+    const rq = this.#requests;
+    const latency = this.#latency;
+    let signal = 0; // bit per queue
     let queueIndex = -1;
     let tagQueue: ActiveQueue | undefined;
     try {
       for (let n = aq.reap(tags, results); n > 0; n = aq.reap(tags, results)) {
+        const now = performance.now();
         for (let k = 0; k < n; k++) {
           const tag = tags[k]!;
           const result = results[k]!;
@@ -396,6 +466,10 @@ export class VirtioBlkDevice implements VirtioDevice {
           const kind = this.#tagKind[tag]!;
           const length = this.#tagLength[tag]!;
           const ok = result >= 0;
+          if (kind === KIND_READ) rq.read++;
+          else if (kind === KIND_WRITE) rq.write++;
+          else rq.flush++;
+          latency.add(now - this.#tagStart[tag]!);
           if (!ok) {
             es.ioErrors++;
             this.#inline!.engine.lastError = new Error(`disk I/O failed: errno ${-result}`);
@@ -407,7 +481,7 @@ export class VirtioBlkDevice implements VirtioDevice {
             es.bytesWritten += length;
           } else es.flushes++;
           st.completed++;
-          // One queue today: look it up when the tag's queue changes, not per completion.
+          // Completions of one queue usually come together: look it up when the tag's queue changes.
           if (this.#tagQueue[tag] !== queueIndex) {
             queueIndex = this.#tagQueue[tag]!;
             tagQueue = ctx?.queues.find((q) => q.index === queueIndex);
@@ -471,7 +545,7 @@ export class VirtioBlkDevice implements VirtioDevice {
   ): number {
     const queue = active.queue;
     const heads = this.#heads;
-    const requests = this.#requests;
+    const requests = this.#batch;
     const errors = this.#errors;
     const valid = this.#valid;
     const submitted = this.#submitted;
@@ -501,6 +575,8 @@ export class VirtioBlkDevice implements VirtioDevice {
         }
         if (!chain) break;
         heads[n] = chain.head;
+        const takenAt = performance.now();
+        this.#takenAt[n] = takenAt;
         let req: BlockRequest | null = null;
         let error: BlockRequestError | null = null;
         try {
@@ -517,7 +593,7 @@ export class VirtioBlkDevice implements VirtioDevice {
           req.type !== "write-zeroes"
         ) {
           // Completed when the disk is done with it (completeRequests); nothing more here.
-          if (this.#submit(aq, req, active.index)) {
+          if (this.#submit(aq, req, active.index, takenAt)) {
             requests[n] = null;
             errors[n] = null;
             submitted[n] = 1;
@@ -544,7 +620,11 @@ export class VirtioBlkDevice implements VirtioDevice {
     if (aq) this.#submitQueued(aq);
     const results = this.#results;
     if (valid.length > 0) engine.executeAll(valid, results);
+    const done = performance.now();
     const st = this.#stats;
+    const rq = this.#requests;
+    const latency = this.#latency;
+    const takenAt = this.#takenAt;
     let j = 0;
     try {
       for (let k = 0; k < n; k++) {
@@ -555,6 +635,27 @@ export class VirtioBlkDevice implements VirtioDevice {
           req.status[0] = r.status;
           queue.addUsed(heads[k]!, r.written + 1);
           st.completed++;
+          latency.add(done - takenAt[k]!);
+          switch (req.type) {
+            case "in":
+              rq.read++;
+              break;
+            case "out":
+              rq.write++;
+              break;
+            case "flush":
+              rq.flush++;
+              break;
+            case "get-id":
+              rq.getId++;
+              break;
+            case "discard":
+              rq.discard++;
+              break;
+            case "write-zeroes":
+              rq.writeZeroes++;
+              break;
+          }
           continue;
         }
         const e = errors[k];
@@ -566,6 +667,9 @@ export class VirtioBlkDevice implements VirtioDevice {
           queue.addUsed(heads[k]!, 1);
           st.rejected++;
           st.completed++;
+          latency.add(done - takenAt[k]!);
+          if (e.status === VIRTIO_BLK_S_UNSUPP) rq.unsupported++;
+          else rq.invalid++;
         }
       }
     } finally {
@@ -585,7 +689,7 @@ export class VirtioBlkDevice implements VirtioDevice {
     return this.#stats.completed + this.#stats.failed;
   }
 
-  /** Counters (inline mode; zeros in worker mode, ask the worker handle). */
+  /** Counters (inline mode; zeros in worker mode, ask the worker handle). Builds a fresh object each time. */
   get stats(): BlkDeviceStats {
     const e = this.#inline?.engine.stats;
     return {
@@ -599,6 +703,15 @@ export class VirtioBlkDevice implements VirtioDevice {
       bytesWritten: e?.bytesWritten ?? 0,
       ioErrors: e?.ioErrors ?? 0,
       ...this.#stats,
+      queues: this.configuration.queues,
+      inFlight: this.#tagHead.length - this.#freeCount,
+      requests: { ...this.#requests },
+      errors: {
+        ioerr: (e?.ioErrors ?? 0) + this.#requests.invalid,
+        unsupp: this.#requests.unsupported,
+        malformed: this.#stats.failed,
+      },
+      latency: this.#latency.snapshot(),
     };
   }
 }

@@ -49,7 +49,7 @@ export function startBlkWorker(options: StartBlkWorkerOptions): BlkWorkerHandle 
     ...rest,
     module: BLK_DEVICE_MODULE,
     data,
-    // One request queue; MSI-X by default: config + queue 0.
-    queues: 1,
+    // One notify eventfd per request queue; MSI-X by default: config + one vector per queue.
+    queues: device?.queues ?? 1,
   });
 }

@@ -15,3 +15,4 @@ export * from "./host.js";
 export * from "./pci-device.js";
 export type { BlkPciOptions, BlkTransportKind, BlkWorkerExit, BlkWorkerReady } from "./protocol.js";
 export * from "./request.js";
+export * from "./stats.js";

@@ -3,14 +3,20 @@
 import type { MachinePciDeviceFactory } from "@tskvm/machine-x86";
 import { type SharedDeviceWorker, workerPciDevice } from "@tskvm/virtio-worker";
 import type { BlkDeviceOptions } from "./config.js";
+import { BLK_MAX_QUEUES } from "./constants.js";
 import type { BlkImageSpec, BlkModuleData } from "./entry.js";
 import { BLK_DEVICE_MODULE } from "./host.js";
 
 export interface VirtioBlkPciDeviceOptions extends BlkImageSpec {
   /** What the guest reads as the disk's id (`/sys/block/vdX/serial`): ASCII, at most 20 bytes. */
   serial?: string;
+  /**
+   * Request queues (VIRTIO_BLK_F_MQ when more than 1), 1 to 16, e.g. one per vCPU so guest
+   * CPUs do not share a ring (`-d …,queues=N`). One worker serves them all. Default 1.
+   */
+  queues?: number;
   /** Other device tunables (queue size, limits, features); every field has a default. */
-  device?: Omit<BlkDeviceOptions, "serial">;
+  device?: Omit<BlkDeviceOptions, "serial" | "queues">;
   /**
    * The thread that serves the disk, e.g. a `SharedDeviceWorker` it shares with slow
    * devices (console, rng). Default: a worker of its own.
@@ -32,16 +38,19 @@ export interface VirtioBlkPciDeviceOptions extends BlkImageSpec {
  * error that names it (`disk PATH: ...`).
  */
 export function virtioBlkPciDevice(options: VirtioBlkPciDeviceOptions): MachinePciDeviceFactory {
-  const { serial, device, thread, pollUs, ...image } = options;
+  const { serial, queues = 1, device, thread, pollUs, ...image } = options;
+  if (!Number.isInteger(queues) || queues < 1 || queues > BLK_MAX_QUEUES)
+    throw new RangeError(`disk ${image.path}: queues must be 1-${BLK_MAX_QUEUES}, not ${queues}`);
   if (pollUs !== undefined && (!Number.isFinite(pollUs) || pollUs < 0 || pollUs > 1_000_000))
     throw new RangeError(`disk ${image.path}: pollUs must be 0-1000000, not ${pollUs}`);
   const data: BlkModuleData = {
     image,
-    device: { ...device, ...(serial !== undefined ? { serial } : {}) },
+    device: { ...device, queues, ...(serial !== undefined ? { serial } : {}) },
   };
   return workerPciDevice({
     module: BLK_DEVICE_MODULE,
     data,
+    queues,
     name: `disk ${image.path}`,
     ...(thread ? { thread } : {}),
     ...(pollUs ? { spinUs: pollUs } : {}),
