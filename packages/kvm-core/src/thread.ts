@@ -21,12 +21,19 @@ const IOPRIO_CLASS_SHIFT = 13;
 const IOPRIO_LEVEL_MASK = 7;
 const CLASSES = ["none", "rt", "be", "idle"] as const;
 
-/** The ioprio value (class << 13 | level) for `p`; throws on a class or level ioprio(7) does not have. */
-export function encodeIoPriority(p: IoPriority): number {
+/** A value the kernel would refuse with EINVAL, refused before the call (code "EINVAL"). */
+const invalid = (operation: string, detail: string): KvmError =>
+  new KvmError(operation, constants.errno.EINVAL, detail);
+
+/**
+ * The ioprio value (class << 13 | level) for `p`; throws on a class or level ioprio(7) does not have.
+ * Class "none" (level 0) is the default: the I/O priority follows the nice value again.
+ */
+export function encodeIoPriority(p: IoPriority | { class: "none"; level?: number }): number {
   const cls = CLASSES.indexOf(p.class);
-  if (cls <= 0) throw invalid("ioprio_set", `unknown I/O priority class ${JSON.stringify(p.class)}`);
-  const level = p.class === "idle" ? 0 : (p.level ?? 4);
-  if (!Number.isInteger(level) || level < 0 || level > 7)
+  if (cls < 0) throw invalid("ioprio_set", `unknown I/O priority class ${JSON.stringify(p.class)}`);
+  const level = p.class === "idle" ? 0 : (p.level ?? (p.class === "none" ? 0 : 4));
+  if (!Number.isInteger(level) || level < 0 || level > 7 || (p.class === "none" && level !== 0))
     throw invalid("ioprio_set", `I/O priority level ${level} is not an integer from 0 to 7`);
   return (cls << IOPRIO_CLASS_SHIFT) | level;
 }
@@ -37,19 +44,15 @@ export function decodeIoPriority(value: number): ThreadIoPriority {
   return { class: cls, level: value & IOPRIO_LEVEL_MASK };
 }
 
-/** A value the kernel would refuse with EINVAL, refused before the call (code "EINVAL"). */
-const invalid = (operation: string, detail: string): KvmError =>
-  new KvmError(operation, constants.errno.EINVAL, detail);
-
 function checkTid(operation: string, tid: number): void {
   if (!Number.isInteger(tid) || tid < 0) throw invalid(operation, `bad thread id ${tid}`);
 }
 
 /**
  * Sets thread `tid`'s I/O priority (ioprio_set(IOPRIO_WHO_PROCESS, tid)); 0 is the calling thread.
- * "rt" needs CAP_SYS_ADMIN or CAP_SYS_NICE (EPERM otherwise).
+ * "rt" needs CAP_SYS_ADMIN or CAP_SYS_NICE (EPERM otherwise); class "none" goes back to the default.
  */
-export function setThreadIoPriority(tid: number, priority: IoPriority): void {
+export function setThreadIoPriority(tid: number, priority: IoPriority | { class: "none" }): void {
   checkTid("ioprio_set", tid);
   const value = encodeIoPriority(priority);
   sys("ioprio_set", () => native().ioprioSet(IOPRIO_WHO_PROCESS, tid, value));

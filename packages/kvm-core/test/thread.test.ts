@@ -46,6 +46,7 @@ describe("thread I/O priority", () => {
     expect(encodeIoPriority({ class: "idle", level: 5 })).toBe(3 << 13);
     expect(decodeIoPriority((2 << 13) | 3)).toEqual({ class: "be", level: 3 });
     expect(decodeIoPriority(0)).toEqual({ class: "none", level: 0 });
+    expect(encodeIoPriority({ class: "none" })).toBe(0);
   });
 
   it("sets and reads back be 0..7 and idle on one thread, leaving the calling thread alone", async () => {
@@ -58,6 +59,8 @@ describe("thread I/O priority", () => {
       }
       setThreadIoPriority(t.tid, { class: "idle" });
       expect(getThreadIoPriority(t.tid).class).toBe("idle");
+      setThreadIoPriority(t.tid, { class: "none" });
+      expect(getThreadIoPriority(t.tid)).toEqual({ class: "none", level: 0 });
       expect(getThreadIoPriority(0)).toEqual(mine);
       expect(getThreadIoPriority(currentThreadId())).toEqual(mine);
     } finally {
