@@ -24,7 +24,10 @@ export {
   type ProbeOptions,
   probeAcceleration,
 } from "./probe.js";
+export { type KvmStatDescriptor, KvmStatsReader, StatsType, StatsUnit } from "./stats.js";
 export {
+  type ClockData,
+  ClockFlag,
   CPUID_FLAG_SIGNIFICANT_INDEX,
   type CpuidEntry,
   type DescriptorTable,
@@ -48,6 +51,7 @@ export {
 } from "./thread.js";
 export { Vcpu, type VcpuDescriptor, type VcpuExit } from "./vcpu.js";
 export {
+  EXIT_COUNTER_NAMES,
   type ExitAction,
   type ExitHandler,
   type ExitHandlerFactory,

@@ -307,3 +307,39 @@ export const MpState = {
 } as const;
 
 export const LAPIC_SIZE = 1024;
+
+/** `struct kvm_clock_data`: the VM's kvmclock (KVM_GET_CLOCK / KVM_SET_CLOCK). */
+export interface ClockData {
+  /** kvmclock time, ns. */
+  clock: bigint;
+  /** KVM_CLOCK_* flags ({@link ClockFlag}); on set, only REALTIME means anything. */
+  flags: number;
+  /** Host CLOCK_REALTIME at `clock`, ns (with {@link ClockFlag.REALTIME}). */
+  realtime: bigint;
+  /** Host TSC at `clock` (with {@link ClockFlag.HOST_TSC}). */
+  hostTsc: bigint;
+}
+
+export const ClockFlag = { TSC_STABLE: 2, REALTIME: 1 << 2, HOST_TSC: 1 << 3 } as const;
+
+export const CLOCK_DATA_SIZE = 48;
+
+export function decodeClockData(b: Uint8Array): ClockData {
+  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  return {
+    clock: dv.getBigUint64(0, true),
+    flags: dv.getUint32(8, true),
+    realtime: dv.getBigUint64(16, true),
+    hostTsc: dv.getBigUint64(24, true),
+  };
+}
+
+export function encodeClockData(c: Partial<ClockData> & { clock: bigint }): Uint8Array {
+  const b = new Uint8Array(CLOCK_DATA_SIZE);
+  const dv = new DataView(b.buffer);
+  dv.setBigUint64(0, BigInt.asUintN(64, c.clock), true);
+  dv.setUint32(8, c.flags ?? 0, true);
+  dv.setBigUint64(16, BigInt.asUintN(64, c.realtime ?? 0n), true);
+  dv.setBigUint64(24, BigInt.asUintN(64, c.hostTsc ?? 0n), true);
+  return b;
+}

@@ -49,8 +49,32 @@ export type VcpuThreadResult =
   | { vcpuId: number; reason: "error"; error: string; exits: number };
 
 /** Layout of the control block shared with the worker (Int32 slots). */
-export const Control = { TID: 0, STOP: 1, STATE: 2 } as const;
-export const ThreadState = { STARTING: 0, RUNNING: 1, EXITED: 2 } as const;
+export const Control = { TID: 0, STOP: 1, STATE: 2, PAUSE: 3 } as const;
+/** PARKED: the loop waits outside KVM_RUN until resumed ({@link VcpuThread.pause}). */
+export const ThreadState = { STARTING: 0, RUNNING: 1, EXITED: 2, PARKED: 3 } as const;
+
+/**
+ * The exit counters each worker keeps, one slot per reason, named as KVM_EXIT_* in lower
+ * case. "intr" counts both KVM_EXIT_INTR and a KVM_RUN that a kick or signal interrupted.
+ */
+export const EXIT_COUNTER_NAMES: Readonly<Record<VcpuExit["reason"], string>> = {
+  io: "io",
+  mmio: "mmio",
+  hlt: "hlt",
+  shutdown: "shutdown",
+  failEntry: "fail_entry",
+  internalError: "internal_error",
+  systemEvent: "system_event",
+  interrupted: "intr",
+  irqWindowOpen: "irq_window_open",
+  debug: "debug",
+  other: "other",
+};
+
+/** Slot of each exit reason in the counter block. */
+export const EXIT_COUNTER_SLOTS = Object.fromEntries(
+  Object.keys(EXIT_COUNTER_NAMES).map((r, i) => [r, i]),
+) as Readonly<Record<VcpuExit["reason"], number>>;
 
 /** Data a worker started by {@link VcpuThread.prepare} begins with; the rest comes in a message. */
 export interface PreparedVcpuWorkerData {
@@ -64,6 +88,8 @@ export interface VcpuWorkerData {
   handlerModule: string;
   data: unknown;
   control: SharedArrayBuffer;
+  /** Float64 exit counters, {@link EXIT_COUNTER_SLOTS}; written by the worker only. */
+  exitCounters: SharedArrayBuffer;
 }
 
 /**
@@ -77,11 +103,19 @@ export class VcpuThread {
   readonly worker: Worker;
   readonly exited: Promise<VcpuThreadResult>;
   readonly #control: Int32Array;
+  readonly #counters: Float64Array;
 
-  private constructor(vcpu: Vcpu, worker: Worker, control: Int32Array, exited: Promise<VcpuThreadResult>) {
+  private constructor(
+    vcpu: Vcpu,
+    worker: Worker,
+    control: Int32Array,
+    counters: Float64Array,
+    exited: Promise<VcpuThreadResult>,
+  ) {
     this.vcpu = vcpu;
     this.worker = worker;
     this.#control = control;
+    this.#counters = counters;
     this.exited = exited;
   }
 
@@ -93,12 +127,16 @@ export class VcpuThread {
     const prepared = options.prepared ?? VcpuThread.prepare(options.handlerModule);
     const worker = prepared.take(options.handlerModule);
     const control = new Int32Array(new SharedArrayBuffer(16));
+    const counters = new Float64Array(
+      new SharedArrayBuffer(Object.keys(EXIT_COUNTER_NAMES).length * Float64Array.BYTES_PER_ELEMENT),
+    );
     const workerData: VcpuWorkerData = {
       vcpu: options.vcpu.describe(),
       memory: options.memory.describe(),
       handlerModule: prepared.handlerModule,
       data: options.data,
       control: control.buffer as SharedArrayBuffer,
+      exitCounters: counters.buffer as SharedArrayBuffer,
     };
     worker.ref();
     worker.postMessage(workerData);
@@ -137,7 +175,7 @@ export class VcpuThread {
       });
     });
     await started;
-    return new VcpuThread(options.vcpu, worker, control, exited);
+    return new VcpuThread(options.vcpu, worker, control, counters, exited);
   }
 
   /**
@@ -176,11 +214,53 @@ export class VcpuThread {
     return Atomics.load(this.#control, Control.STATE) === ThreadState.EXITED;
   }
 
-  /** Asks the loop to end, kicks the vCPU and waits for the worker to exit. */
+  /** Asks the loop to end (a parked one too), kicks the vCPU and waits for the worker to exit. */
   async stop(): Promise<VcpuThreadResult> {
     Atomics.store(this.#control, Control.STOP, 1);
+    this.#unpark();
     this.kick();
     return this.exited;
+  }
+
+  /**
+   * Takes the vCPU out of KVM_RUN and parks its loop (an Atomics.wait outside KVM_RUN, the
+   * exit handler not running) until {@link resume}; resolves once it is parked, or has ended.
+   * Pausing a parked thread resolves at once.
+   */
+  async pause(): Promise<void> {
+    Atomics.store(this.#control, Control.PAUSE, 1);
+    this.kick();
+    // Polled: a pause is rare and a parked loop answers within a KVM_RUN exit.
+    for (let wait = 0; ; wait = Math.min(wait + 1, 10)) {
+      const state = Atomics.load(this.#control, Control.STATE);
+      if (state === ThreadState.PARKED || state === ThreadState.EXITED) return;
+      await new Promise((r) => setTimeout(r, wait));
+    }
+  }
+
+  /** Lets a paused loop run the vCPU again (nothing if it was not paused). */
+  resume(): void {
+    this.#unpark();
+  }
+
+  #unpark(): void {
+    Atomics.store(this.#control, Control.PAUSE, 0);
+    Atomics.notify(this.#control, Control.PAUSE);
+  }
+
+  /** True while the loop is parked by {@link pause}. */
+  get parked(): boolean {
+    return Atomics.load(this.#control, Control.STATE) === ThreadState.PARKED;
+  }
+
+  /** Exits so far by reason ({@link EXIT_COUNTER_NAMES}; reasons never seen are left out). Cheap. */
+  exitCounts(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const [reason, slot] of Object.entries(EXIT_COUNTER_SLOTS)) {
+      const n = this.#counters[slot]!;
+      if (n > 0) out[EXIT_COUNTER_NAMES[reason as VcpuExit["reason"]]] = n;
+    }
+    return out;
   }
 }
 

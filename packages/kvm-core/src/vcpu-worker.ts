@@ -5,6 +5,7 @@ import { native } from "./native.js";
 import { Vcpu } from "./vcpu.js";
 import {
   Control,
+  EXIT_COUNTER_SLOTS,
   type ExitHandlerFactory,
   type PreparedVcpuWorkerData,
   ThreadState,
@@ -29,6 +30,21 @@ const control = new Int32Array(wd.control);
 const vcpu = Vcpu.fromDescriptor(wd.vcpu);
 const memory = GuestMemory.fromDescriptor(wd.memory);
 const stopRequested = () => Atomics.load(control, Control.STOP) !== 0;
+const counters = new Float64Array(wd.exitCounters);
+const pauseRequested = () => Atomics.load(control, Control.PAUSE) === 1 && !stopRequested();
+
+/**
+ * Waits outside KVM_RUN while paused. It says PARKED before waiting and RUNNING after, and
+ * looks at the flag again after RUNNING: a pause that saw PARKED just as the loop left
+ * finds it parked again before it re-enters KVM_RUN.
+ */
+function park(): void {
+  while (pauseRequested()) {
+    Atomics.store(control, Control.STATE, ThreadState.PARKED);
+    while (pauseRequested()) Atomics.wait(control, Control.PAUSE, 1);
+    Atomics.store(control, Control.STATE, ThreadState.RUNNING);
+  }
+}
 
 native().installKickSignal();
 Atomics.store(control, Control.TID, native().gettid());
@@ -54,9 +70,13 @@ try {
   started = true;
   result = { vcpuId: vcpu.id, reason: "stopped", exits: 0 };
   for (;;) {
+    if (pauseRequested()) park();
     if (stopRequested()) break;
     const exit = vcpu.run();
     exits++;
+    // Plain increments: this thread is the only writer, a reader may see a value one behind.
+    const slot = EXIT_COUNTER_SLOTS[exit.reason];
+    counters[slot] = counters[slot]! + 1;
     if (exit.reason === "interrupted") {
       // Clear before looking at the stop flag so a kick that lands now is not lost.
       vcpu.immediateExit = false;

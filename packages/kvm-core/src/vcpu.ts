@@ -1,6 +1,7 @@
 import { KvmError, sys, usageError } from "./errors.js";
 import { ExitReason, Ioctl, RunOffset } from "./ioctls.js";
 import { native } from "./native.js";
+import { KvmStatsReader } from "./stats.js";
 import {
   type CpuidEntry,
   decodeCpuid2,
@@ -192,6 +193,15 @@ export class Vcpu {
     const b = new Uint8Array(4);
     new DataView(b.buffer).setUint32(0, state, true);
     this.#set("KVM_SET_MP_STATE", Ioctl.KVM_SET_MP_STATE, b);
+  }
+
+  /**
+   * The vCPU's binary stats (KVM_GET_STATS_FD), or undefined before Linux 5.14. Open it
+   * before the vCPU runs: the ioctl waits for the vCPU's lock, which KVM_RUN holds; reading
+   * the returned file does not.
+   */
+  statsReader(): KvmStatsReader | undefined {
+    return KvmStatsReader.open(this.fd);
   }
 
   /** Runs the vCPU until the next exit (KVM_RUN). A kick or signal gives `interrupted`. */

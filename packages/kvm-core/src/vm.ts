@@ -14,6 +14,8 @@ import {
 } from "./ioctls.js";
 import { GuestMemory, GuestRegion, PAGE_SIZE } from "./memory.js";
 import { native } from "./native.js";
+import { KvmStatsReader } from "./stats.js";
+import { CLOCK_DATA_SIZE, type ClockData, decodeClockData, encodeClockData } from "./structs.js";
 import { Vcpu } from "./vcpu.js";
 
 export interface MemoryRegionOptions {
@@ -246,6 +248,27 @@ export class Vm {
     dv.setUint32(0, irq, true);
     dv.setUint32(4, level ? 1 : 0, true);
     sys("KVM_IRQ_LINE", () => native().ioctl(this.fd, Ioctl.KVM_IRQ_LINE, b));
+  }
+
+  /** The guest's kvmclock now (KVM_GET_CLOCK). */
+  getClock(): ClockData {
+    const b = new Uint8Array(CLOCK_DATA_SIZE);
+    sys("KVM_GET_CLOCK", () => native().ioctl(this.fd, Ioctl.KVM_GET_CLOCK, b));
+    return decodeClockData(b);
+  }
+
+  /**
+   * Sets the guest's kvmclock (KVM_SET_CLOCK). Only `clock` (and `realtime` with
+   * ClockFlag.REALTIME) is used: QEMU's stop/cont sets back the value read at the stop,
+   * so the guest does not see the time it was stopped.
+   */
+  setClock(clock: Partial<ClockData> & { clock: bigint }): void {
+    sys("KVM_SET_CLOCK", () => native().ioctl(this.fd, Ioctl.KVM_SET_CLOCK, encodeClockData(clock)));
+  }
+
+  /** The VM's binary stats (KVM_GET_STATS_FD), or undefined before Linux 5.14. */
+  statsReader(): KvmStatsReader | undefined {
+    return KvmStatsReader.open(this.fd);
   }
 
   /** Creates vCPU `id` and maps its `struct kvm_run`. */
