@@ -304,7 +304,12 @@ export function blkRig(options: RigOptions = {}) {
     heap: { address: 0x10000, size: heapSize ?? (16 << 20) - 0x20000 },
   });
   const negotiated = sim.init(features !== undefined ? { features } : {});
-  const driver = new BlkTestDriver(sim.queue(0), memory, sim.allocator);
+  // One driver per request queue (init set them all up); `driver` is queue 0's.
+  const drivers = Array.from(
+    { length: device.queueMaxSizes.length },
+    (_, i) => new BlkTestDriver(sim.queue(i), memory, sim.allocator),
+  );
+  const driver = drivers[0]!;
   const run = (parts: readonly Part[], opts: { indirect?: boolean } = {}): Completion => {
     driver.submit(parts, opts);
     driver.kick();
@@ -324,6 +329,7 @@ export function blkRig(options: RigOptions = {}) {
     sim,
     negotiated,
     driver,
+    drivers,
     run,
     close() {
       opened.close();
