@@ -10,6 +10,8 @@ export interface Io {
    * line. Absent for pipes, files and tests: no progress at all then.
    */
   stderrTerminal?: { readonly columns: number };
+  /** Set when stdout is a terminal: `tskvm stat --watch` redraws the screen there, like top. */
+  stdoutTerminal?: { readonly columns: number; readonly rows: number };
 }
 
 /** A runnable command, e.g. `guest build`. */

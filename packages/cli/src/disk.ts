@@ -1,4 +1,5 @@
-// `-d/--disk PATH[,ro][,snapshot][,direct][,format=F][,serial=S][,thread=own|shared][,aio=A][,poll=US]`: a
+// `-d/--disk PATH[,ro][,snapshot][,direct][,format=F][,serial=S][,thread=own|shared][,aio=A][,poll=US]`
+// `[,queues=N][,iops=N[:B]][,bw=SIZE[:B]][,ioprio=C[:L]][,nice=N]`: a
 // virtio-blk PCI device on the x86 machine (@tskvm/virtio-blk's `virtioBlkPciDevice`).
 // This file is the flag and the disk checks; the device wiring is virtio-blk's.
 
@@ -10,9 +11,11 @@ import {
   openDiskImage,
   probeFormat,
 } from "@tskvm/disk-image";
+import type { DeviceTuning } from "@tskvm/machine-x86";
 import type { VirtioBlkPciDeviceOptions } from "@tskvm/virtio-blk";
 import type { SharedDeviceWorker } from "@tskvm/virtio-worker";
 import { UsageError } from "./command.js";
+import { isTuningKey, parseTuningOption, TUNING_SYNTAX } from "./tuning.js";
 
 export interface DiskSpec {
   path: string;
@@ -34,7 +37,14 @@ export interface DiskSpec {
   aio?: "io_uring" | "sync";
   /** Adaptive polling: µs the disk's worker keeps looking at the ring after serving requests. */
   pollUs?: number;
+  /** Virtqueues (virtio-blk multiqueue), 1 to {@link MAX_DISK_QUEUES}; default 1. */
+  queues?: number;
+  /** Rate limits and thread priorities (`iops=`, `bw=`, `ioprio=`, `nice=`); changeable with `tskvm set`. */
+  tuning?: DeviceTuning;
 }
+
+/** The most virtqueues a `-d` disk may ask for (`queues=N`). */
+export const MAX_DISK_QUEUES = 16;
 
 const FLAGS = ["ro", "snapshot", "direct"] as const;
 
@@ -54,7 +64,16 @@ export function parseDiskSpec(text: string): DiskSpec {
     else if (key === "aio" && (value === "io_uring" || value === "sync")) spec.aio = value;
     else if (key === "poll" && value !== undefined && /^\d{1,7}$/.test(value) && Number(value) <= 1_000_000)
       spec.pollUs = Number(value);
-    else if (
+    else if (key === "queues" && value !== undefined) {
+      if (!/^\d{1,3}$/.test(value) || Number(value) < 1 || Number(value) > MAX_DISK_QUEUES)
+        throw new UsageError(
+          `--disk ${text}: queues=${value} must be a whole number from 1 to ${MAX_DISK_QUEUES}`,
+        );
+      spec.queues = Number(value);
+    } else if (isTuningKey(key) && value !== undefined) {
+      spec.tuning ??= {};
+      parseTuningOption(spec.tuning, key, value, `--disk ${text}`);
+    } else if (
       key === "serial" &&
       value !== undefined &&
       /^[\x20-\x7e]{0,20}$/.test(value) &&
@@ -63,7 +82,7 @@ export function parseDiskSpec(text: string): DiskSpec {
       spec.serial = value;
     else
       throw new UsageError(
-        `--disk ${text}: unknown option '${o}' (options: ro, snapshot, direct, format=raw|qcow2, serial=ID of up to 20 characters, thread=own|shared, aio=io_uring|sync, poll=µs up to 1000000)`,
+        `--disk ${text}: unknown option '${o}' (options: ro, snapshot, direct, format=raw|qcow2, serial=ID of up to 20 characters, thread=own|shared, aio=io_uring|sync, poll=µs up to 1000000, queues=1-${MAX_DISK_QUEUES}, ${Object.values(TUNING_SYNTAX).join(", ")})`,
       );
   }
   return spec;
@@ -262,15 +281,29 @@ export function checkDisks(disks: readonly DiskSpec[]): string[] {
   return warnings;
 }
 
+/** The id of the `index`th `-d` disk (from 0) for the control socket: `disk0`, `disk1`, ... */
+export function diskId(index: number): string {
+  return `disk${index}`;
+}
+
 /**
  * The `virtioBlkPciDevice` options for a `-d` disk: served by a worker of its own, or by
- * `sharedThread` when the spec says `thread=shared`.
+ * `sharedThread` when the spec says `thread=shared`; `index` (its place among the `-d`s)
+ * gives it its id, `disk<index>`, for `tskvm set` and `tskvm stat`.
  */
 export function diskDeviceOptions(
   disk: DiskSpec,
   sharedThread: SharedDeviceWorker,
+  index?: number,
 ): VirtioBlkPciDeviceOptions {
+  // id, queues and tuning are virtio-blk's newest options (issue #16, #14).
+  const control: { id?: string; queues?: number; tuning?: DeviceTuning } = {
+    ...(index !== undefined ? { id: diskId(index) } : {}),
+    ...(disk.queues !== undefined && disk.queues > 1 ? { queues: disk.queues } : {}),
+    ...(disk.tuning ? { tuning: disk.tuning } : {}),
+  };
   return {
+    ...control,
     path: disk.path,
     readOnly: disk.readOnly,
     snapshot: disk.snapshot,

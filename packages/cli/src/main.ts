@@ -17,6 +17,18 @@ process.exitCode = await main(process.argv.slice(2), {
         },
       }
     : {}),
+  ...(process.stdout.isTTY
+    ? {
+        stdoutTerminal: {
+          get columns() {
+            return process.stdout.columns || 80;
+          },
+          get rows() {
+            return process.stdout.rows || 24;
+          },
+        },
+      }
+    : {}),
 });
 // E.g. after a VMM error, the code that threw may have left timers or handles behind.
 setTimeout(() => process.exit(), EXIT_BACKSTOP_MS).unref();

@@ -2,6 +2,7 @@ import type { CommandGroup } from "../command.js";
 import { guest } from "./guest.js";
 import { image } from "./image.js";
 import { run } from "./run.js";
+import { list, pause, resume, set, stat, stop } from "./vm.js";
 
 /**
  * Every `tskvm` command. To add one (e.g. `run`), write a `Command` or `CommandGroup` in
@@ -12,6 +13,12 @@ export const rootCommand: CommandGroup = {
   summary: "a KVM virtual machine monitor in TypeScript",
   commands: {
     run,
+    list,
+    stat,
+    pause,
+    resume,
+    stop,
+    set,
     guest,
     image,
   },

@@ -22,6 +22,7 @@ import {
   UsageError,
 } from "../command.js";
 import { parseConsoleKind, terminalSize } from "../console.js";
+import { checkVmName } from "../control/paths.js";
 import { checkDisks, diskDeviceOptions, parseDiskSpec } from "../disk.js";
 import { exitCodesHelp } from "../exit-codes.js";
 import { buildGuestKitWithProgress } from "../progress.js";
@@ -58,11 +59,23 @@ Options (as kvmtool's lkvm run; the kernel may also come last, as there):
                       through the page cache);
                       poll: after serving requests its worker watches the
                       ring for US µs before sleeping (default 0: off)
+                      Also [,queues=N][,iops=N[:BURST]][,bw=SIZE[:BURST]]
+                      [,ioprio=CLASS[:LEVEL]][,nice=N]: queues: virtqueues
+                      (multiqueue), 1 to 16 (default 1); iops, bw: token
+                      bucket limits, requests or bytes (K, M, G) a second,
+                      BURST at once after an idle spell (default one
+                      second's worth), requests wait, never fail; ioprio
+                      (rt:0-7, be:0-7, idle) and nice (-20 to 19) of the
+                      disk's worker thread; 'tskvm set' changes them later
       --snapshot      every disk as ,snapshot
       --rng           a virtio-rng device (/dev/hwrng) fed by the host's CSPRNG
       --console TYPE  serial (default) or virtio: the terminal is the guest's
                       hvc0, a virtio console (console=hvc0 is added after
                       console=ttyS0; the serial port still shows early boot)
+      --name NAME     the VM's name for 'tskvm list/stat/stop/...': 1 to 64
+                      letters, digits, '.', '_', '-' (default: vm-XXXX,
+                      printed on start); its control socket is
+                      $XDG_RUNTIME_DIR/tskvm/NAME.sock (or ~/.tskvm/)
   -h, --help          show this help
 
 Console: the terminal is in raw mode while the guest runs, so Ctrl-C goes to
@@ -77,6 +90,15 @@ of that signal.
 `;
 
 const MIB = 1024 * 1024;
+
+/** `--name NAME`: a valid VM name, or a usage error. */
+export function vmNameArg(name: string): string {
+  try {
+    return checkVmName(name);
+  } catch (e) {
+    throw new UsageError(`--name: ${(e as Error).message}`);
+  }
+}
 
 function positiveInt(name: string, v: string | undefined, def: number, max: number): number {
   if (v === undefined) return def;
@@ -252,6 +274,7 @@ const RUN_OPTIONS = {
   snapshot: { type: "boolean" },
   rng: { type: "boolean" },
   console: { type: "string" },
+  name: { type: "string" },
 } as const satisfies OptionSpecs;
 
 export const run: Command = {
@@ -266,6 +289,7 @@ export const run: Command = {
         `the kernel is given twice ('${values.kernel}' and '${positionals[0]}'): use -k/--kernel or the KERNEL argument`,
       );
     const consoleKind = parseConsoleKind(values.console);
+    if (values.name !== undefined) vmNameArg(values.name);
     const disks = (values.disk ?? []).map(parseDiskSpec);
     if (values.snapshot) for (const d of disks) d.snapshot = true;
     const mem = memMiB(values.mem);
