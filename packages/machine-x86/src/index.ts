@@ -51,7 +51,14 @@ export { buildIdentityPageTables, type PageTables, translate } from "./boot/page
 export { allHalted, HaltStatus } from "./control.js";
 export { Bus, type BusDevice } from "./devices/bus.js";
 export { Cmos, CmosReg, type CmosState, fromBcd, toBcd } from "./devices/cmos.js";
-export { I8042, I8042Cmd, type I8042Options, type I8042State } from "./devices/i8042.js";
+export {
+  CTRL_ALT_DEL_SET1,
+  CTRL_ALT_DEL_SET2,
+  I8042,
+  I8042Cmd,
+  type I8042Options,
+  type I8042State,
+} from "./devices/i8042.js";
 export {
   buildConfigSpace,
   liveBars,
@@ -85,6 +92,7 @@ export {
   type MachinePciDeviceFactory,
   type MachineStartupEvent,
   type MachineStartupPhase,
+  type PowerOffOptions,
 } from "./machine.js";
 export type {
   DeviceStatsReport,

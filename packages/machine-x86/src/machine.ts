@@ -9,6 +9,7 @@ import {
   type CpuidEntry,
   EventFd,
   Kvm,
+  type KvmStatsReader,
   type PreparedVcpuThread,
   type Vcpu,
   VcpuThread,
@@ -57,7 +58,13 @@ import { PciBus, type PciDeviceInfo, type PciDeviceSpec } from "./devices/pci.js
 import { COM1, Serial } from "./devices/serial.js";
 import { ByteRing } from "./devices/shared.js";
 import { GsiRouter } from "./irq-routing.js";
-import type { MachineDeviceControl } from "./run-control.js";
+import type {
+  DeviceStatsReport,
+  MachineDeviceControl,
+  MachineState,
+  MachineStats,
+  VcpuStats,
+} from "./run-control.js";
 import type { VcpuHandlerData } from "./vcpu-handler.js";
 
 export interface MachineOptions {
@@ -122,6 +129,11 @@ export interface MachineExit {
   unhandledIo: string[];
 }
 
+export interface PowerOffOptions {
+  /** How long the guest has to end after Ctrl-Alt-Del before it is stopped (default 5000). */
+  timeoutMs?: number;
+}
+
 export interface MachineConsole {
   /** Everything the guest writes to the serial port (COM1). Buffered without limit if nobody reads. */
   output: Readable;
@@ -152,6 +164,18 @@ const TX_RING_BYTES = 1 << 16;
 const TX_BATCH_MS = 4;
 /** How long {@link Machine.emergencyStop} blocks waiting for the vCPU loops to end. */
 const EMERGENCY_STOP_WAIT_MS = 2000;
+const DEFAULT_POWER_OFF_TIMEOUT_MS = 5000;
+
+/** The report of a device whose stats() failed: zeroed, with the error. */
+function failedDeviceStats(c: MachineDeviceControl, e: unknown): DeviceStatsReport {
+  return {
+    id: c.id,
+    kind: c.kind,
+    thread: { tid: 0, wakeups: 0, cpuMs: 0, throttledMs: 0, held: false, tuning: {} },
+    device: {},
+    error: e instanceof Error ? e.message : String(e),
+  };
+}
 
 function load(what: string, v: string | Uint8Array): Uint8Array {
   if (typeof v !== "string") return v;
@@ -245,7 +269,22 @@ export class Machine {
   readonly #unhandled: string[] = [];
   readonly #input: { bytes: Uint8Array; done: (e?: Error | null) => void }[] = [];
   #resolveExit!: (e: MachineExit) => void;
-  #state: "created" | "starting" | "running" | "ending" | "ended" = "created";
+  #state: "created" | "starting" | "running" | "paused" | "ending" | "ended" = "created";
+  readonly #deviceControls: MachineDeviceControl[] = [];
+  /** KVM's binary stats per vCPU (undefined where the kernel lacks them), open while it runs. */
+  #kvmStats: (KvmStatsReader | undefined)[] = [];
+  /** The main thread's view of the keyboard controller (Ctrl-Alt-Del goes in through it). */
+  #i8042: I8042 | undefined;
+  /** Pause, resume and power-off run one at a time, in call order. */
+  #controlOps: Promise<unknown> = Promise.resolve();
+  /** kvmclock when paused (KVM_GET_CLOCK), set back on resume. */
+  #pausedClock: bigint | undefined;
+  #devicesPaused = false;
+  #powerOffRequested = false;
+  #startedAt: number | undefined;
+  #endedAt: number | undefined;
+  #pausedAt: number | undefined;
+  #pausedMs = 0;
   #kvm: Kvm | undefined;
   #vm: Vm | undefined;
   #threads: VcpuThread[] = [];
@@ -355,6 +394,7 @@ export class Machine {
     }
     if (this.#state !== "starting") return; // it ended while starting
     this.#state = "running";
+    this.#startedAt = performance.now();
     this.#pumpInput();
     const ms = this.#options.haltProbeMs ?? DEFAULT_HALT_PROBE_MS;
     this.#probeTimer = setInterval(() => this.#probeHalt(), ms);
@@ -391,7 +431,179 @@ export class Machine {
     return this.#vm;
   }
 
+  /** Where the machine is in its life: created, starting, running, paused, stopping, exited. */
+  get state(): MachineState {
+    if (this.#state === "ending") return "stopping";
+    if (this.#state === "ended") return "exited";
+    return this.#state;
+  }
+
+  /** When the machine started running (ms since the epoch), once it has. */
+  get startedAt(): number | undefined {
+    return this.#startedAt === undefined ? undefined : performance.timeOrigin + this.#startedAt;
+  }
+
+  /** The run-time controls of the devices that have one (factories' devices once started). */
+  get devices(): readonly MachineDeviceControl[] {
+    return this.#deviceControls;
+  }
+
+  /** Runs pause, resume and power-off one at a time, in call order. */
+  #serially<T>(op: () => Promise<T>): Promise<T> {
+    const run = this.#controlOps.then(op, op);
+    this.#controlOps = run.catch(() => {});
+    return run;
+  }
+
+  /** Waits for a start in progress; throws unless the machine now runs (or is paused). */
+  async #controllable(verb: string): Promise<void> {
+    if (this.#state === "starting") await this.#starting?.catch(() => {});
+    if (this.#state === "running" || this.#state === "paused") return;
+    throw new Error(
+      this.#state === "created"
+        ? `cannot ${verb} the machine: it was not started`
+        : `cannot ${verb} the machine: it has ${this.#state === "ending" ? "begun to stop" : "exited"}`,
+    );
+  }
+
+  /**
+   * Stops the vCPUs (each leaves KVM_RUN and waits outside it), then holds the devices
+   * (each finishes the requests in flight and takes no more). The guest's kvmclock is read
+   * now and set back on {@link resume}, as QEMU's stop/cont: the guest does not see the
+   * paused time pass. Nothing if already paused; an error once the machine has ended.
+   */
+  pause(): Promise<void> {
+    return this.#serially(async () => {
+      await this.#controllable("pause");
+      if (this.#state === "paused") return;
+      this.#state = "paused";
+      this.#pausedAt = performance.now();
+      this.#haltRounds = 0;
+      await Promise.all(this.#threads.map((t) => t.pause()));
+      if (this.#state !== "paused") return; // it ended meanwhile
+      try {
+        this.#pausedClock = this.#vm?.getClock().clock;
+      } catch {
+        this.#pausedClock = undefined; // no kvmclock to keep: the guest sees the pause
+      }
+      this.#devicesPaused = true;
+      await settleAll(this.#deviceControls.map((c) => () => c.pause()));
+    });
+  }
+
+  /** Undoes {@link pause}: devices first, then the clock, then the vCPUs. Nothing if running. */
+  resume(): Promise<void> {
+    return this.#serially(() => this.#resume());
+  }
+
+  async #resume(): Promise<void> {
+    await this.#controllable("resume");
+    if (this.#state !== "paused") return;
+    let failure: unknown;
+    try {
+      await settleAll(this.#deviceControls.map((c) => () => c.resume()));
+    } catch (e) {
+      failure = e; // the vCPUs still resume: a guest stuck paused helps nobody
+    }
+    this.#devicesPaused = false;
+    if (this.#state !== "paused") return;
+    if (this.#pausedClock !== undefined) {
+      try {
+        this.#vm?.setClock({ clock: this.#pausedClock });
+      } catch {
+        // The guest then sees the paused time, as with no kvmclock at all.
+      }
+      this.#pausedClock = undefined;
+    }
+    // Answers from before the pause say nothing about now.
+    for (let i = 0; i < this.cpus; i++)
+      Atomics.store(this.#control, probeSlot(i, ProbeSlot.STATUS), HaltStatus.UNKNOWN);
+    this.#haltRounds = 0;
+    this.#haltRips = "";
+    this.#pausedMs += performance.now() - (this.#pausedAt ?? performance.now());
+    this.#pausedAt = undefined;
+    this.#state = "running";
+    for (const t of this.#threads) t.resume();
+    this.#pumpInput();
+    if (failure !== undefined) throw failure;
+  }
+
+  /**
+   * Asks the guest to stop as a person at its keyboard would: Ctrl-Alt-Del through the
+   * i8042 (Linux restarts, or with ctrl-alt-del off signals init, which powers off). The
+   * machine ends "poweroff" with a detail saying it was requested; if the guest has not
+   * ended within `timeoutMs` it is stopped ("stopped"). A paused machine is resumed first.
+   * Resolves with how it ended.
+   */
+  powerOff(options: PowerOffOptions = {}): Promise<MachineExit> {
+    const timeoutMs = options.timeoutMs ?? DEFAULT_POWER_OFF_TIMEOUT_MS;
+    if (!(timeoutMs >= 0)) return Promise.reject(new RangeError(`timeoutMs must be >= 0, not ${timeoutMs}`));
+    return this.#serially(async () => {
+      if (this.#state === "starting") await this.#starting?.catch(() => {});
+      if (this.#state === "ending" || this.#state === "ended") return this.exited;
+      if (this.#state === "created") return this.stop();
+      if (this.#state === "paused") await this.#resume();
+      this.#powerOffRequested = true;
+      const deadline = Date.now() + timeoutMs;
+      const ended = this.exited.then(() => true);
+      // The keyboard queue may be busy or full for a moment: try again until it takes the keys.
+      while (!this.#i8042?.tryInjectKeys("ctrlAltDel")) {
+        if (Date.now() >= deadline || this.#ending) break;
+        await Promise.race([ended, new Promise((r) => setTimeout(r, 1))]);
+      }
+      let timer: NodeJS.Timeout | undefined;
+      const timedOut = new Promise<false>((r) => {
+        timer = setTimeout(() => r(false), Math.max(0, deadline - Date.now()));
+      });
+      const done = await Promise.race([ended, timedOut]);
+      clearTimeout(timer);
+      if (done) return this.exited;
+      const s = timeoutMs / 1000;
+      return this.#end("stopped", `the guest did not stop within ${s} s of Ctrl-Alt-Del`);
+    });
+  }
+
+  /**
+   * The machine's counters: per vCPU its exits by reason (counted in its worker) and, where
+   * the kernel has binary stats (Linux ≥ 5.14), KVM's own counters and the time it spent
+   * halted; per device its report (a device that fails reports its error in place).
+   */
+  async stats(): Promise<MachineStats> {
+    const now = this.#endedAt ?? performance.now();
+    const vcpus = [...this.#threads]
+      .sort((a, b) => a.vcpu.id - b.vcpu.id)
+      .map((t): VcpuStats => {
+        const v: VcpuStats = { id: t.vcpu.id, exits: t.exitCounts() };
+        const reader = this.#kvmStats[t.vcpu.id];
+        if (reader && !reader.closed) {
+          try {
+            const kvm = reader.read();
+            v.kvm = kvm;
+            if (kvm.halt_wait_ns !== undefined) v.haltedMs = kvm.halt_wait_ns / 1e6;
+          } catch {
+            // Closed under us (the machine ended): report what the worker counted.
+          }
+        }
+        return v;
+      });
+    const devices = await Promise.all(
+      this.#deviceControls.map((c) =>
+        Promise.resolve()
+          .then(() => c.stats())
+          .catch((e: unknown) => failedDeviceStats(c, e)),
+      ),
+    );
+    return {
+      state: this.state,
+      uptimeMs: this.#startedAt === undefined ? 0 : now - this.#startedAt,
+      pausedMs: this.#pausedMs + (this.#pausedAt !== undefined ? now - this.#pausedAt : 0),
+      vcpus,
+      devices,
+    };
+  }
+
   #addDevice(dev: MachinePciDevice): void {
+    if (dev.control) this.#deviceControls.push(dev.control);
     if (dev.detach) this.#detach.push(dev.detach);
     const info = this.pci.register(dev);
     if (dev.attach) this.#attach.push({ attach: dev.attach, info });
@@ -438,6 +650,10 @@ export class Machine {
     vm.registerIrqfd(kbdIrq, I8042_KBD_IRQ);
     vm.registerIrqfd(auxIrq, I8042_AUX_IRQ);
     this.#serial = new Serial(this.#serialState, { interrupt: () => serialIrq.write(1), output: () => {} });
+    this.#i8042 = new I8042(this.#i8042State, {
+      interrupt: (aux) => (aux ? auxIrq : kbdIrq).write(1),
+      reset: () => {}, // only the guest's own port writes pull the reset line
+    });
     this.pci.seal();
     for (const a of this.#attach) a.attach(vm, a.info);
 
@@ -445,6 +661,12 @@ export class Machine {
     for (let id = 0; id < this.cpus; id++) {
       const vcpu = vm.createVcpu(id);
       this.#vcpus.push(vcpu);
+      // Now, before the vCPU runs: the ioctl waits for the vCPU's lock, which KVM_RUN holds.
+      try {
+        this.#kvmStats[id] = vcpu.statsReader();
+      } catch {
+        this.#kvmStats[id] = undefined; // stats are a report, never a reason not to run
+      }
       setupVcpu(vcpu, {
         cpuid: buildCpuid(supported, { vcpuId: id, cpus: this.cpus }),
         supportedMsrs: msrs,
@@ -666,8 +888,13 @@ export class Machine {
     if (this.#inputTimer) clearTimeout(this.#inputTimer);
     if (this.#txTimer) clearTimeout(this.#txTimer);
     for (const p of this.#prepared) void p.dispose(); // those never started
+    // Parked vCPUs (a paused machine) unpark and end too.
     const results = await Promise.all(this.#threads.map((t) => t.stop()));
     process.off("exit", this.#onProcessExit);
+    this.#endedAt = performance.now();
+    if (this.#pausedAt !== undefined) this.#pausedMs += this.#endedAt - this.#pausedAt;
+    this.#pausedAt = undefined;
+    for (const r of this.#kvmStats) r?.close();
     for (const r of results) this.#results[r.vcpuId] ??= r;
     this.#drainOutput();
     this.#watch.flush();
@@ -679,6 +906,17 @@ export class Machine {
     }
     if (reason === "poweroff" && this.#watch.rebootLine)
       detail = `${this.#watch.rebootLine} (${detail ?? "halted"})`;
+    // After Ctrl-Alt-Del a restart (reboot=k: the i8042 reset) is the guest's way of stopping.
+    if (this.#powerOffRequested && reason === "reboot") {
+      reason = "poweroff";
+      detail = `stop requested: the guest restarted on Ctrl-Alt-Del${detail ? ` (${detail})` : ""}`;
+    } else if (this.#powerOffRequested && reason === "poweroff")
+      detail = `stop requested: the guest powered off on Ctrl-Alt-Del${detail ? ` (${detail})` : ""}`;
+    // Held devices finish what they hold before they are detached (flushes, unlocks).
+    if (this.#devicesPaused) {
+      this.#devicesPaused = false;
+      await settleAll(this.#deviceControls.map((c) => () => c.resume())).catch(() => {});
+    }
     // Devices' I/O threads use guest RAM and the VM's eventfds: stop them first.
     for (const detach of this.#detach.reverse()) {
       try {
@@ -703,4 +941,11 @@ export class Machine {
     this.#resolveExit(exit);
     return exit;
   }
+}
+
+/** Runs every call, waits for all, then throws the first failure. */
+async function settleAll(calls: readonly (() => Promise<unknown>)[]): Promise<void> {
+  const results = await Promise.allSettled(calls.map((c) => Promise.resolve().then(c)));
+  const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
+  if (failed) throw failed.reason;
 }

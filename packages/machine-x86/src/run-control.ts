@@ -54,6 +54,11 @@ export interface DeviceStatsReport<DeviceStats = Record<string, unknown>> {
   kind: string;
   thread: DeviceThreadStats;
   device: DeviceStats;
+  /**
+   * Set when the device could not report (its `stats()` failed): the message, with
+   * `thread` zeroed and `device` empty. One device failing does not fail the machine's report.
+   */
+  error?: string;
 }
 
 /** What a machine device offers a controller; `MachinePciDevice.control`. */

@@ -1,17 +1,18 @@
 import { describe, expect, it } from "vitest";
-import { I8042, I8042Cmd } from "../src/index.js";
+import { CTRL_ALT_DEL_SET1, CTRL_ALT_DEL_SET2, I8042, I8042Cmd, SharedMutex } from "../src/index.js";
 
 function kbc() {
   const resets: string[] = [];
   const irqs: boolean[] = [];
-  const k = new I8042(I8042.createState(), {
+  const state = I8042.createState();
+  const k = new I8042(state, {
     interrupt: (aux) => irqs.push(aux),
     reset: (w) => resets.push(w),
   });
   const cmd = (c: number) => k.write(0x64, c);
   const status = () => k.read(0x64);
   const data = () => k.read(0x60);
-  return { k, cmd, status, data, resets, irqs };
+  return { k, state, cmd, status, data, resets, irqs };
 }
 
 describe("i8042 stub", () => {
@@ -69,5 +70,44 @@ describe("i8042 stub", () => {
     k.write(0x60, 0xff);
     expect(status() & 0x20).toBe(0x20);
     expect(data()).toBe(0xfe);
+  });
+
+  it("takes Ctrl-Alt-Del from another thread's view of its state: set 1 while translating, one byte per OBF and interrupt", () => {
+    const guest = kbc();
+    const mainIrqs: boolean[] = [];
+    // The main thread's controller over the same shared state, as the machine makes it.
+    const main = new I8042(guest.state, { interrupt: (aux) => mainIrqs.push(aux), reset: () => {} });
+    expect(main.tryInjectKeys("ctrlAltDel")).toBe(true);
+    expect(mainIrqs).toEqual([false]); // IRQ 1 for the first byte
+    const got: number[] = [];
+    while (guest.status() & 0x01) {
+      expect(guest.status() & 0x20).toBe(0); // keyboard data, not AUX
+      got.push(guest.data());
+    }
+    expect(got).toEqual(CTRL_ALT_DEL_SET1);
+    expect(got).toEqual([0x1d, 0x38, 0xe0, 0x53, 0xe0, 0xd3, 0xb8, 0x9d]);
+    // Each read raised IRQ 1 again while bytes were left: one interrupt per byte.
+    expect(guest.irqs).toEqual(Array(CTRL_ALT_DEL_SET1.length - 1).fill(false));
+  });
+
+  it("sends set 2 when the guest turned translation off, and refuses what does not fit or a busy lock", () => {
+    const { k, state, cmd, data, status } = kbc();
+    cmd(I8042Cmd.WRITE_CTR);
+    k.write(0x60, 0x05); // KBDINT | SYS, XLATE off
+    expect(k.tryInjectKeys("ctrlAltDel")).toBe(true);
+    const got: number[] = [];
+    while (status() & 0x01) got.push(data());
+    expect(got).toEqual(CTRL_ALT_DEL_SET2);
+    expect(k.tryInjectKeys(Array(16).fill(0x1e))).toBe(true);
+    expect(k.tryInjectKeys([0x9e])).toBe(false); // the 16-byte queue is full: nothing taken
+    for (let i = 0; i < 16; i++) expect(data()).toBe(0x1e);
+    expect(status() & 0x01).toBe(0);
+    // A vCPU thread holding the lock (slot 0): the main thread does not wait, it tries again later.
+    const lock = new SharedMutex(new Int32Array(state.buffer), 0);
+    lock.lock();
+    expect(k.tryInjectKeys([0x1e])).toBe(false);
+    lock.unlock();
+    expect(k.tryInjectKeys([0x1e])).toBe(true);
+    expect(data()).toBe(0x1e);
   });
 });

@@ -50,6 +50,15 @@ const KBD_ACK = 0xfa;
 const OUTPUT_PORT_DEFAULT = 0x03;
 const CTR_DEFAULT = I8042Ctr.KBDINT | I8042Ctr.SYS | I8042Ctr.XLATE;
 
+/**
+ * Ctrl-Alt-Del pressed and released, in scancode set 1 (what the guest reads while the
+ * controller translates, CTR XLATE: Linux's default) and set 2 (untranslated).
+ */
+export const CTRL_ALT_DEL_SET1: readonly number[] = [0x1d, 0x38, 0xe0, 0x53, 0xe0, 0xd3, 0xb8, 0x9d];
+export const CTRL_ALT_DEL_SET2: readonly number[] = [
+  0x14, 0x11, 0xe0, 0x71, 0xe0, 0xf0, 0x71, 0xf0, 0x11, 0xf0, 0x14,
+];
+
 const S = { LOCK: 0, CTR: 1, OUTPORT: 2, PENDING: 3, LAST_CMD: 4, HEAD: 5, COUNT: 6, LAST_READ: 7 } as const;
 const QUEUE = 16;
 const QBASE = 8;
@@ -217,6 +226,31 @@ export class I8042 {
         break;
       default:
         this.#push(KBD_ACK);
+    }
+  }
+
+  /**
+   * Queues keyboard bytes for the guest, as keys pressed on the keyboard would: from any
+   * thread (the main thread too), without waiting. All or nothing: false when the lock is
+   * busy or the output queue has no room for them all (try again shortly). With
+   * `ctrlAltDel`, the bytes are Ctrl-Alt-Del in the scancode set the guest reads now.
+   */
+  tryInjectKeys(keys: readonly number[] | "ctrlAltDel"): boolean {
+    if (!this.#lock.tryLock()) return false;
+    try {
+      const bytes =
+        keys === "ctrlAltDel"
+          ? this.#g(S.CTR) & I8042Ctr.XLATE
+            ? CTRL_ALT_DEL_SET1
+            : CTRL_ALT_DEL_SET2
+          : keys;
+      if (QUEUE - this.#g(S.COUNT) < bytes.length) return false;
+      // The first byte raises IRQ 1 (if the queue was empty); each read of port 0x60 raises
+      // it again for the next, so the guest takes one byte per interrupt, OBF set for each.
+      for (const b of bytes) this.#push(b);
+      return true;
+    } finally {
+      this.#lock.unlock();
     }
   }
 
