@@ -1,5 +1,6 @@
 import { MessageChannel, type MessagePort, receiveMessageOnPort, Worker } from "node:worker_threads";
 import { type DeviceChannelDescriptor, EventFd, type GuestMemoryDescriptor } from "@tskvm/kvm-core";
+import type { DeviceTuning } from "@tskvm/machine-x86";
 import type {
   ActivateContext,
   MsiMessage,
@@ -17,9 +18,11 @@ import {
   type DeviceWorkerData,
   type DeviceWorkerExit,
   type DeviceWorkerReady,
+  type DeviceWorkerStats,
   type WorkerCommand,
   type WorkerEvent,
   type WorkerReply,
+  type WorkerRequest,
 } from "./protocol.js";
 
 const WORKER_URL = new URL("./worker.js", import.meta.url);
@@ -114,6 +117,11 @@ export interface StartDeviceWorkerOptions<Data> {
   /** Timeout of synchronous commands (activate, reset, stats) in ms. Default 10000. */
   commandTimeoutMs?: number;
   /**
+   * Limits and priorities from the start (see {@link DeviceWorkerHandle.tune}); one the
+   * worker cannot apply (e.g. `ioPriority` rt without the privilege) fails the start.
+   */
+  tuning?: DeviceTuning;
+  /**
    * The thread that serves the device: a worker of its own (default; the
    * right place for a device whose work is heavy, like a disk), or a
    * {@link SharedDeviceWorker} shared with other slow devices (an rng, a
@@ -167,6 +175,9 @@ export class DeviceWorkerHandle<Info = unknown, Stats = unknown> {
   #ctx: ActivateContext | undefined;
   #hookFailed = false;
   #routingUpdates = 0;
+  /** Asynchronous requests waiting for the worker's reply, by id. */
+  readonly #requests = new Map<number, { resolve(v: unknown): void; reject(e: Error): void }>();
+  #requestId = 0;
 
   /** Starts the device; {@link startDeviceWorker} says the same. */
   constructor(options: StartDeviceWorkerOptions<unknown>) {
@@ -219,6 +230,7 @@ export class DeviceWorkerHandle<Info = unknown, Stats = unknown> {
       board: this.#board.layout,
       budget: options.budget ?? 64,
       byteBudget: options.byteBudget ?? 64 << 20,
+      tuning: options.tuning,
     };
     let readyResolve: (r: DeviceWorkerReady<Info>) => void = () => {};
     let readyReject: (e: Error) => void = () => {};
@@ -257,6 +269,14 @@ export class DeviceWorkerHandle<Info = unknown, Stats = unknown> {
           this.#exit = m.exit as DeviceWorkerExit<Stats>;
           finish();
           break;
+        case "reply": {
+          const r = this.#requests.get(m.id);
+          if (!r) break;
+          this.#requests.delete(m.id);
+          if (m.ok) r.resolve(m.value);
+          else r.reject(Object.assign(new Error(m.error), m.code !== undefined ? { code: m.code } : {}));
+          break;
+        }
       }
     };
     this.#events.on("message", onEvent);
@@ -269,6 +289,9 @@ export class DeviceWorkerHandle<Info = unknown, Stats = unknown> {
         this.worker.off("error", onThreadError);
         this.worker.off("exit", onThreadExit);
         for (const e of this.#ownedFds) e.close();
+        for (const r of this.#requests.values())
+          r.reject(new Error(`${this.name}: the device worker has exited`));
+        this.#requests.clear();
         this.#port.close();
         this.#events.close();
         launched.release();
@@ -408,7 +431,54 @@ export class DeviceWorkerHandle<Info = unknown, Stats = unknown> {
     return this.exited;
   }
 
-  /** Counters of the device in the worker (synchronous round trip). */
+  /**
+   * Holds the device (a paused machine): the worker finishes the requests in flight — resolves
+   * once they are answered — then serves no queue until {@link resume}. Notifications meanwhile
+   * are remembered and served on resume; register accesses are answered as ever.
+   */
+  pause(): Promise<void> {
+    return this.#request({ type: "pause" }).then(() => {});
+  }
+
+  /** Serves the queues again, beginning with what was notified while held. */
+  resume(): Promise<void> {
+    return this.#request({ type: "resume" }).then(() => {});
+  }
+
+  /**
+   * Changes limits and priorities at run time; resolves with the tuning now in force. A field
+   * left out is unchanged, `null` goes back to the default. `iops` / `bandwidth` are token
+   * buckets of this device (a request is delayed, never dropped); `ioPriority` and `nice` are
+   * the worker thread's — on a {@link SharedDeviceWorker}, every device on it. A tuning the
+   * worker cannot apply (a bad value, EPERM) rejects and changes nothing; the device goes on.
+   */
+  tune(tuning: DeviceTuning): Promise<DeviceTuning> {
+    return this.#request({ type: "tune", tuning }) as Promise<DeviceTuning>;
+  }
+
+  /**
+   * The device's counters with its thread's (tid, wake-ups, CPU time, time throttled, held,
+   * tuning), without blocking this thread: answered when the worker next looks at its commands.
+   */
+  statsAsync(): Promise<DeviceWorkerStats<Stats>> {
+    return this.#request({ type: "stats" }) as Promise<DeviceWorkerStats<Stats>>;
+  }
+
+  #request(r: DistributiveOmit<WorkerRequest, "id">): Promise<unknown> {
+    if (this.#ended) return Promise.reject(new Error(`${this.name}: the device worker has exited`));
+    const id = ++this.#requestId;
+    return new Promise((resolve, reject) => {
+      this.#requests.set(id, { resolve, reject });
+      this.#port.postMessage({ ...r, id });
+      try {
+        this.#control.write(1);
+      } catch {
+        // closed: the exit rejects it
+      }
+    });
+  }
+
+  /** Counters of the device in the worker (synchronous round trip; see {@link statsAsync}). */
   stats(): Stats {
     const r = this.#call({ type: "stats" });
     if (r.stats === undefined) throw new Error("no stats in the reply");

@@ -9,4 +9,6 @@ export type {
   DeviceTransportKind,
   DeviceWorkerExit,
   DeviceWorkerReady,
+  DeviceWorkerStats,
 } from "./protocol.js";
+export * from "./rate-limit.js";

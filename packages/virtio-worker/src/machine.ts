@@ -5,7 +5,14 @@
 // notifications (ioeventfds) and interrupts (irqfds) go straight between KVM
 // and the worker.
 import { DeviceChannel, EventFd, type Vm } from "@tskvm/kvm-core";
-import type { MachineDeviceContext, MachinePciDevice, MachinePciDeviceFactory } from "@tskvm/machine-x86";
+import type {
+  DeviceStatsReport,
+  DeviceTuning,
+  MachineDeviceContext,
+  MachineDeviceControl,
+  MachinePciDevice,
+  MachinePciDeviceFactory,
+} from "@tskvm/machine-x86";
 import { ChannelPciFunction } from "./channel.js";
 import { DeviceWorkerHandle, type StartDeviceWorkerOptions } from "./host.js";
 
@@ -19,6 +26,17 @@ export interface WorkerPciDeviceOptions<Data>
   > {
   /** How messages name the device, e.g. "disk /srv/a.qcow2" or "rng". */
   name: string;
+  /** The device's id in the machine's controls, unique in the machine (e.g. "disk0"). Default: `name`. */
+  id?: string;
+  /** What the device is, for the controls (e.g. "virtio-blk"). Default "virtio". */
+  kind?: string;
+  /** A short description for listings (e.g. the image path). Default: `name`. */
+  description?: string;
+  /**
+   * Limits and priorities from the start (see `DeviceWorkerHandle.tune`; changed later through
+   * the device's `control.tune`). One the worker cannot apply fails the start.
+   */
+  tuning?: DeviceTuning;
   /** The device's start failure as the user reads it (default: `${name}: ${message}`). */
   startError?: (message: string) => string;
   /** Where the device runs (default: a worker of its own); e.g. a `SharedDeviceWorker`. */
@@ -29,6 +47,13 @@ export interface WorkerPciDeviceOptions<Data>
    * instead of at its poll timeout. After the device is detached `wake` does nothing.
    */
   onStart?: (wake: (queue: number) => void) => void;
+}
+
+/** A device's counters as the report's record (a device whose stats are not an object: `{ value }`). */
+function plainRecord(stats: unknown): Record<string, unknown> {
+  return typeof stats === "object" && stats !== null && !Array.isArray(stats)
+    ? (stats as Record<string, unknown>)
+    : { value: stats };
 }
 
 const dword = (v: number): Uint8Array => {
@@ -82,6 +107,7 @@ export function workerPciDevice<Data>(options: WorkerPciDeviceOptions<Data>): Ma
       ...(options.byteBudget !== undefined ? { byteBudget: options.byteBudget } : {}),
       ...(options.spinUs !== undefined ? { spinUs: options.spinUs } : {}),
       ...(options.thread !== undefined ? { thread: options.thread } : {}),
+      ...(options.tuning !== undefined ? { tuning: options.tuning } : {}),
       hooks: {
         ioeventfd: (e) =>
           guard(`${e.action} the queue ${e.queue} doorbell`, () => {
@@ -127,8 +153,23 @@ export function workerPciDevice<Data>(options: WorkerPciDeviceOptions<Data>): Ma
       if (!ending) fail(`${name}: its worker ended${exit.error ? `: ${exit.error.message}` : ""}`);
     });
     const { capabilityPointer, ...fn } = pci.function;
+    const id = options.id ?? name;
+    const kind = options.kind ?? "virtio";
+    const control: MachineDeviceControl = {
+      id,
+      kind,
+      description: options.description ?? name,
+      stats: async (): Promise<DeviceStatsReport> => {
+        const { thread, device } = await handle.statsAsync();
+        return { id, kind, thread, device: plainRecord(device) };
+      },
+      pause: () => handle.pause(),
+      resume: () => handle.resume(),
+      tune: (t) => handle.tune(t),
+    };
     return {
       ...fn,
+      control,
       configFromHandler: capabilityPointer,
       handler: { module: DEVICE_PCI_HANDLER_MODULE, data: { channel: channel.describe() } },
       attach: (v: Vm, info) => {

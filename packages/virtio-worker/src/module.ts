@@ -50,8 +50,19 @@ export interface ServedDevice<Info = unknown, Stats = unknown> {
    * asynchronous completions). Should not throw (the runtime's guard is the backstop).
    */
   hostFdReadable?(fd: number): void;
-  /** Requests answered so far (the handle's `completed` counter). */
+  /** Requests answered so far (the handle's `completed` counter; an IOPS limit charges these). */
   readonly served: number;
+  /**
+   * Data bytes of the requests answered so far (e.g. a disk's reads and writes). A bandwidth
+   * limit charges these; a device without it is limited in requests only.
+   */
+  readonly bytesServed?: number;
+  /**
+   * Requests taken from the queues and not yet answered (a device completing asynchronously,
+   * through {@link hostFdReadable}). A pause waits until it is 0; without it, nothing is in flight
+   * between two serve calls.
+   */
+  readonly inFlight?: number;
   /** Plain data for the ready message (e.g. the disk's size and the configuration). */
   info(): Info;
   /** Plain-data counters (the handle's `stats()` and the exit report). */

@@ -2,6 +2,7 @@
 // worker. Plain, structured-cloneable data only.
 import type { MessagePort } from "node:worker_threads";
 import type { DeviceChannelDescriptor, GuestMemoryDescriptor } from "@tskvm/kvm-core";
+import type { DeviceThreadStats, DeviceTuning } from "@tskvm/machine-x86";
 import type {
   PciBarInfo,
   PciFunctionDescription,
@@ -58,6 +59,8 @@ export interface DeviceSlotData {
   budget: number;
   /** Data bytes served per queue before the worker looks at its other fds again. */
   byteBudget: number;
+  /** Limits and priorities from the start (a failure fails the start). */
+  tuning: DeviceTuning | undefined;
 }
 
 /** `workerData` of a device worker: the devices it serves first, more may be added later. */
@@ -111,7 +114,29 @@ export type WorkerEvent =
   | { type: "needs-reset"; reason: string }
   | { type: "config-interrupt" }
   | { type: "exit"; exit: DeviceWorkerExit<unknown> }
-  | { type: "error"; message: string; code?: string };
+  | { type: "error"; message: string; code?: string }
+  /** The answer to a {@link WorkerRequest}. */
+  | { type: "reply"; id: number; ok: true; value?: unknown }
+  | { type: "reply"; id: number; ok: false; error: string; code?: string };
+
+/**
+ * Asynchronous requests (on the control port beside the commands, answered with a "reply"
+ * event): the main thread never waits for a busy worker on them.
+ */
+export type WorkerRequest =
+  /** Finish the requests in flight, then serve no queue until "resume"; answered once drained. */
+  | { id: number; type: "pause" }
+  | { id: number; type: "resume" }
+  /** Answered with the tuning now in force. */
+  | { id: number; type: "tune"; tuning: DeviceTuning }
+  /** Answered with {@link DeviceWorkerStats}. */
+  | { id: number; type: "stats" };
+
+/** A device's counters with its thread's (the answer to a "stats" request). */
+export interface DeviceWorkerStats<Stats> {
+  thread: DeviceThreadStats;
+  device: Stats;
+}
 
 /** Synchronous commands (transport "none": the transport lives in the main thread). */
 export type WorkerCommand =

@@ -8,12 +8,17 @@
 import { readFileSync, writeSync } from "node:fs";
 import { type MessagePort, receiveMessageOnPort, workerData } from "node:worker_threads";
 import {
+  currentThreadId,
   DeviceChannel,
   EventFd,
   GuestMemory,
   type GuestMemoryDescriptor,
+  getThreadNice,
   pollReadable,
+  setThreadIoPriority,
+  setThreadNice,
 } from "@tskvm/kvm-core";
+import type { DeviceThreadStats, DeviceTuning, IoPriority } from "@tskvm/machine-x86";
 import {
   type ActivateContext,
   type ActiveQueue,
@@ -38,10 +43,13 @@ import {
   type DeviceSlotData,
   type DeviceWorkerData,
   type DeviceWorkerExit,
+  type DeviceWorkerStats,
   type WorkerCommand,
   type WorkerEvent,
   type WorkerReply,
+  type WorkerRequest,
 } from "./protocol.js";
+import { checkRateLimit, DeviceRateLimiter } from "./rate-limit.js";
 
 const data = workerData as DeviceWorkerData;
 
@@ -67,6 +75,66 @@ function threadCpuMs(): number | undefined {
 function withCpu(stats: unknown): unknown {
   const cpuMs = threadCpuMs();
   return cpuMs === undefined || typeof stats !== "object" || stats === null ? stats : { ...stats, cpuMs };
+}
+
+/**
+ * This thread: its id, wake-ups, and the scheduling asked of it. The I/O priority and nice
+ * value belong to the thread, so on a shared worker they are every device's.
+ */
+const thread = {
+  tid: currentThreadId(),
+  wakeups: 0,
+  ioPriority: undefined as IoPriority | undefined,
+  nice: undefined as number | undefined,
+  /** The nice value the thread started with: what `nice: null` goes back to. */
+  startNice: undefined as number | undefined,
+};
+
+const describePriority = (p: IoPriority): string =>
+  p.class === "idle" ? "idle" : `${p.class}:${p.level ?? 4}`;
+
+/** Applies the thread part of `t` (I/O priority, nice) to this thread; all or nothing. */
+function tuneThread(name: string, t: DeviceTuning): void {
+  const before = thread.ioPriority;
+  if (t.ioPriority !== undefined) {
+    const p = t.ioPriority;
+    try {
+      setThreadIoPriority(thread.tid, p ?? { class: "none" });
+    } catch (e) {
+      throw new Error(
+        `${name}: cannot set the I/O priority ${p ? describePriority(p) : "default"} of its thread ${thread.tid}: ${(e as Error).message}`,
+        { cause: e },
+      );
+    }
+    thread.ioPriority = p
+      ? p.class === "idle"
+        ? { class: "idle" }
+        : { class: p.class, level: p.level ?? 4 }
+      : undefined;
+  }
+  if (t.nice !== undefined) {
+    try {
+      thread.startNice ??= getThreadNice(thread.tid);
+      setThreadNice(thread.tid, t.nice ?? thread.startNice);
+    } catch (e) {
+      // The I/O priority set above is taken back: a refused tune changes nothing.
+      if (t.ioPriority !== undefined) {
+        try {
+          setThreadIoPriority(thread.tid, before ?? { class: "none" });
+          thread.ioPriority = before;
+        } catch {
+          // keep what is in force
+        }
+      }
+      throw new Error(
+        `${name}: cannot set the nice value ${t.nice} of its thread ${thread.tid}: ${(e as Error).message}`,
+        {
+          cause: e,
+        },
+      );
+    }
+    thread.nice = t.nice ?? undefined;
+  }
 }
 
 function openMemory(d: GuestMemoryDescriptor | PlainGuestMemoryDescriptor): GuestMemoryAccess {
@@ -107,8 +175,20 @@ class Slot {
   readonly #mmio: VirtioMmioTransport | undefined;
   /** Queues to serve without waiting for a notification (left over from a round, or notified by a trapped doorbell write). */
   readonly pending: boolean[];
-  /** Per queue: when a throttled queue is due again (performance.now() ms), or 0. */
+  /** Per queue: when a queue that asked to be called again is due (performance.now() ms), or 0. */
   readonly #retryAt: number[];
+  /** Per queue: when a queue held back by the rate limit is due again, or 0. */
+  readonly #limitAt: number[];
+  readonly #limiter = new DeviceRateLimiter();
+  /** The device's own limits (the thread's priorities are in {@link thread}). */
+  readonly #limits: Pick<DeviceTuning, "iops" | "bandwidth"> = {};
+  #throttledMs = 0;
+  /** When the current wait for the rate limit began, or 0. */
+  #throttledSince = 0;
+  /** Paused: no queue is served until resumed (notifications are remembered in {@link pending}). */
+  #held = false;
+  /** Pause requests answered once nothing is in flight. */
+  #pauseWaiters: number[] = [];
   /** This slot's own fds, in poll order: control, channel?, resample?, notify per queue. */
   readonly #fds: number[];
   /** The device's host fds as last polled (after {@link #fds}). */
@@ -129,6 +209,7 @@ class Slot {
     this.#notify = d.notifyFds.map((fd) => EventFd.fromFd(fd, true));
     this.pending = this.#notify.map(() => false);
     this.#retryAt = this.#notify.map(() => 0);
+    this.#limitAt = this.#notify.map(() => 0);
     this.#irqfds = d.irqfds.map((fd) => EventFd.fromFd(fd, true));
     this.#intx = d.intxFd !== undefined ? EventFd.fromFd(d.intxFd, true) : undefined;
     this.#resample = d.resampleFd !== undefined ? EventFd.fromFd(d.resampleFd, true) : undefined;
@@ -177,12 +258,17 @@ class Slot {
     if (this.#channel) this.#fds.push(this.#channel.doorbell.fd);
     if (this.#resample) this.#fds.push(this.#resample.fd);
     for (const n of this.#notify) this.#fds.push(n.fd);
+    if (d.tuning) this.#tune(d.tuning);
   }
 
   /** The fds to poll this round: the slot's own, then the device's host fds (taken once per round). */
   pollFds(): readonly number[] {
-    // Most devices have none: their own fds as they are, nothing allocated per round.
-    if (!this.served.hostFds) return this.#fds;
+    // Most devices have none: their own fds as they are, nothing allocated per round. A held
+    // device reads its host fds only to complete what is in flight (no new input while paused).
+    if (!this.served.hostFds || (this.#held && this.#inFlight() === 0)) {
+      this.#polledHost = [];
+      return this.#fds;
+    }
     let host: readonly number[] = [];
     this.#guard(() => {
       host = this.served.hostFds?.() ?? [];
@@ -221,11 +307,22 @@ class Slot {
 
   /** Poll timeout this slot allows: 0 with work pending or spinning, until the next throttled queue, or `idle`. */
   timeout(idle: number, spinMs: number, now: number): number {
+    // Held: the queues wait for the resume (a command), completions wake the poll themselves.
+    if (this.#held) return idle;
     if (this.pending.some((p) => p)) return 0;
     if (spinMs > 0 && now - this.lastWork < spinMs) return 0;
     let t = idle;
     for (const at of this.#retryAt) if (at > 0) t = Math.min(t, Math.max(0, Math.ceil(at - now)));
+    for (const at of this.#limitAt) if (at > 0) t = Math.min(t, Math.max(0, Math.ceil(at - now)));
     return t;
+  }
+
+  #inFlight(): number {
+    let n = 0;
+    this.#guard(() => {
+      n = this.served.inFlight ?? 0;
+    });
+    return n;
   }
 
   /** One round after poll: `readable` is this slot's part of poll's answer; `timedOut` the whole poll found nothing. */
@@ -244,7 +341,7 @@ class Slot {
       });
     }
     const now = performance.now();
-    const spinning = spinMs > 0 && now - this.lastWork < spinMs;
+    const spinning = !this.#held && spinMs > 0 && now - this.lastWork < spinMs;
     for (let i = 0; i < this.#notify.length; i++) {
       // A poll that timed out: look at every queue anyway (a safety net for a lost notification).
       if (timedOut || (spinning && (this.served.pendingRequests?.(i) ?? 0) > 0)) this.pending[i] = true;
@@ -256,42 +353,123 @@ class Slot {
         this.#retryAt[i] = 0;
         this.pending[i] = true;
       }
+      if (this.#limitAt[i]! > 0 && now >= this.#limitAt[i]!) {
+        this.#limitAt[i] = 0;
+        this.pending[i] = true;
+      }
     }
     // The device's host fds (after the notify fds): it reads them and marks the queues to serve.
     for (let k = 0; k < this.#polledHost.length; k++)
       if (readable[at + this.#notify.length + k]) {
         const fd = this.#polledHost[k]!;
         const before = this.served.served;
+        const bytes = this.served.bytesServed ?? 0;
         this.#guard(() => this.served.hostFdReadable?.(fd));
         // A device may complete requests here (e.g. a disk's asynchronous completions).
-        this.#countServed(before);
+        this.#countServed(before, bytes);
       }
+    // Held: the queues keep their marks (notifications are remembered) until the resume.
+    if (this.#held) {
+      this.#settlePause();
+      return;
+    }
     for (let i = 0; i < this.#notify.length; i++) {
       if (!this.pending[i]) continue;
       this.pending[i] = false;
       if (this.#broken() || !this.#activeQueues().some((q) => q.index === i)) continue;
       // A throttled queue waits for its time even when notified again.
-      if (this.#retryAt[i]! > 0) continue;
+      if (this.#retryAt[i]! > 0 || this.#limitAt[i]! > 0) continue;
+      let requests = this.data.budget;
+      let bytes = this.data.byteBudget;
+      if (this.#limiter.limited) {
+        const t = performance.now();
+        const wait = this.#limiter.waitMs(t);
+        if (wait > 0) {
+          // Not served now, not dropped: the queue is looked at again once the tokens are back.
+          this.#limitAt[i] = t + wait;
+          if (this.#throttledSince === 0) this.#throttledSince = t;
+          continue;
+        }
+        ({ requests, bytes } = this.#limiter.budget(requests, bytes, t));
+      }
+      this.#endThrottle();
       const before = this.served.served;
+      const beforeBytes = this.served.bytesServed ?? 0;
       this.#guard(() => {
-        const left = this.served.serveQueue(i, {
-          requests: this.data.budget,
-          bytes: this.data.byteBudget,
-          shouldStop: this.#stopRequested,
-        });
+        const left = this.served.serveQueue(i, { requests, bytes, shouldStop: this.#stopRequested });
         if (left === true) this.pending[i] = true;
         else if (typeof left === "number" && left > 0) this.#retryAt[i] = performance.now() + left;
       });
-      this.#countServed(before);
+      this.#countServed(before, beforeBytes);
     }
   }
 
-  #countServed(before: number): void {
+  /** Counts (and charges to the rate limit) what the device answered since `before` / `beforeBytes`. */
+  #countServed(before: number, beforeBytes: number): void {
     const n = this.served.served - before;
+    const bytes = (this.served.bytesServed ?? 0) - beforeBytes;
+    this.#limiter.charge(n, bytes);
     if (n > 0) {
       Atomics.add(this.#ctl, Ctl.COMPLETED, n);
       this.lastWork = performance.now();
     }
+  }
+
+  /** A wait for the rate limit is over (served, reset, limit lifted, held): count it. */
+  #endThrottle(): void {
+    if (this.#throttledSince === 0) return;
+    this.#throttledMs += performance.now() - this.#throttledSince;
+    this.#throttledSince = 0;
+  }
+
+  /** Answers the pause requests once nothing is in flight. */
+  #settlePause(): void {
+    if (this.#pauseWaiters.length === 0 || this.#inFlight() > 0) return;
+    for (const id of this.#pauseWaiters.splice(0)) this.post({ type: "reply", id, ok: true });
+  }
+
+  /** Applies a tuning (validated first: a refused one changes nothing); returns the tuning in force. */
+  #tune(t: DeviceTuning): DeviceTuning {
+    if (t.iops) checkRateLimit(`${this.data.name}: iops`, t.iops);
+    if (t.bandwidth) checkRateLimit(`${this.data.name}: bandwidth`, t.bandwidth);
+    tuneThread(this.data.name, t);
+    const now = performance.now();
+    this.#limiter.set(t, now);
+    for (const k of ["iops", "bandwidth"] as const) {
+      const l = t[k];
+      if (l === null) delete this.#limits[k];
+      else if (l) this.#limits[k] = { rate: l.rate, burst: l.burst ?? l.rate };
+    }
+    if (t.iops !== undefined || t.bandwidth !== undefined) {
+      // Queues waiting for the old limit are looked at again under the new one.
+      for (let i = 0; i < this.#limitAt.length; i++)
+        if (this.#limitAt[i]! > 0) {
+          this.#limitAt[i] = 0;
+          this.pending[i] = true;
+        }
+      if (!this.#limiter.limited) this.#endThrottle();
+    }
+    return this.tuning();
+  }
+
+  tuning(): DeviceTuning {
+    return {
+      ...this.#limits,
+      ...(thread.ioPriority ? { ioPriority: thread.ioPriority } : {}),
+      ...(thread.nice !== undefined ? { nice: thread.nice } : {}),
+    };
+  }
+
+  threadStats(): DeviceThreadStats {
+    const throttling = this.#throttledSince > 0 ? performance.now() - this.#throttledSince : 0;
+    return {
+      tid: thread.tid,
+      wakeups: thread.wakeups,
+      cpuMs: threadCpuMs() ?? 0,
+      throttledMs: this.#throttledMs + throttling,
+      held: this.#held,
+      tuning: this.tuning(),
+    };
   }
 
   #broken(): boolean {
@@ -358,6 +536,8 @@ class Slot {
           this.#remoteQueues = [];
           this.pending.fill(false);
           this.#retryAt.fill(0);
+          this.#limitAt.fill(0);
+          this.#endThrottle();
           return { seq: cmd.seq, ok: true, states };
         }
         case "stats":
@@ -372,10 +552,57 @@ class Slot {
     for (;;) {
       const m = receiveMessageOnPort(this.#port);
       if (!m) return;
-      const cmd = m.message as WorkerCommand;
+      const msg = m.message as WorkerCommand | WorkerRequest;
+      if ("id" in msg) {
+        this.#runRequest(msg);
+        continue;
+      }
+      const cmd = msg;
       this.#port.postMessage(this.#runCommand(cmd));
       Atomics.store(this.#ctl, Ctl.ACK, cmd.seq);
       Atomics.notify(this.#ctl, Ctl.ACK);
+    }
+  }
+
+  /** An asynchronous request: answered with a "reply" event (a pause, once drained). */
+  #runRequest(r: WorkerRequest): void {
+    try {
+      switch (r.type) {
+        case "pause":
+          this.#held = true;
+          this.#endThrottle();
+          this.#pauseWaiters.push(r.id);
+          // Answered at the end of this round (or once the requests in flight are done).
+          return;
+        case "resume":
+          this.#held = false;
+          // A pause still waiting for its drain is over too.
+          for (const id of this.#pauseWaiters.splice(0)) this.post({ type: "reply", id, ok: true });
+          // Served in the next round: what was notified meanwhile, and a look at every queue.
+          this.pending.fill(true);
+          this.post({ type: "reply", id: r.id, ok: true });
+          return;
+        case "tune":
+          this.post({ type: "reply", id: r.id, ok: true, value: this.#tune(r.tuning) });
+          return;
+        case "stats": {
+          const value: DeviceWorkerStats<unknown> = {
+            thread: this.threadStats(),
+            device: this.served.stats(),
+          };
+          this.post({ type: "reply", id: r.id, ok: true, value });
+          return;
+        }
+      }
+    } catch (e) {
+      const { message, code } = describeError(e);
+      this.post({
+        type: "reply",
+        id: r.id,
+        ok: false,
+        error: message,
+        ...(code !== undefined ? { code } : {}),
+      });
     }
   }
 
@@ -466,16 +693,23 @@ class Slot {
 
 /** Builds a slot's device; on failure reports it (error, then exit) and returns undefined. */
 async function open(d: DeviceSlotData): Promise<Slot | undefined> {
+  let served: ServedDevice | undefined;
   try {
     const memory = openMemory(d.memory);
     const module = ((await import(d.module)) as { default: DeviceModule }).default;
     if (typeof module?.create !== "function")
       throw new Error(`${d.module}: the default export is not a device module (no create())`);
-    const served = await module.create(d.device, { memory, name: d.name });
+    served = await module.create(d.device, { memory, name: d.name });
     const slot = new Slot(d, served, memory);
     slot.ready();
     return slot;
   } catch (e) {
+    // Built, then refused (e.g. its tuning): release what it holds (an image and its lock).
+    try {
+      served?.close();
+    } catch {
+      // the start's error is the one to report
+    }
     const error = describeError(e);
     d.events.postMessage({ type: "error", ...error } satisfies WorkerEvent);
     d.events.postMessage({
@@ -509,6 +743,7 @@ async function main(): Promise<void> {
     let timeout = data.pollTimeoutMs;
     for (const s of slots) timeout = Math.min(timeout, s.timeout(data.pollTimeoutMs, spinMs, now));
     const readable = poll(fds, timeout);
+    if (timeout > 0 || readable.some((r) => r)) thread.wakeups++;
     const timedOut = timeout === data.pollTimeoutMs && !readable.some((r) => r);
     let at = 0;
     if (inbox && readable[at++]) {
