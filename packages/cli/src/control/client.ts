@@ -29,7 +29,10 @@ interface Pending {
   timer: NodeJS.Timeout;
 }
 
-/** A connection to one VM's control socket. Requests may overlap; answers come in order. */
+/**
+ * A connection to one VM's control socket. Requests may overlap; the server answers them in
+ * order. A request that times out closes the connection (connect again).
+ */
 export class ControlClient {
   readonly name: string;
   readonly #socket: Socket;
@@ -110,8 +113,12 @@ export class ControlClient {
     const id = this.#nextId++;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
-        this.#pending.delete(id);
-        reject(new ControlError("timeout", `VM ${this.name}: no answer to '${cmd}' within ${timeoutMs} ms`));
+        // The server answers in order: a late answer would hold up every later one, so the
+        // connection is given up (the requests behind it fail with the same error).
+        this.#fail(
+          new ControlError("timeout", `VM ${this.name}: no answer to '${cmd}' within ${timeoutMs} ms`),
+        );
+        this.#socket.destroy();
       }, timeoutMs);
       this.#pending.set(id, { resolve: resolve as (v: unknown) => void, reject, timer });
       this.#socket.write(`${JSON.stringify({ ...args, id, cmd })}\n`);

@@ -32,7 +32,11 @@ export interface ControlTarget {
   resume(): Promise<void>;
   /** Orderly power-off; forced after `timeoutMs`. */
   stop(timeoutMs: number): Promise<{ forced: boolean }>;
-  /** Throws a `ControlError("unknown-device")` for a device it does not have. */
+  /**
+   * The server checks `deviceId` against `info().devices` first. Any method may throw an
+   * error whose `code` is a response code (e.g. `new ControlError("bad-state", ...)` for
+   * pausing a paused VM) to answer with that code; other errors answer "failed".
+   */
   tune(deviceId: string, tuning: DeviceTuning): Promise<DeviceTuning>;
 }
 
@@ -289,7 +293,9 @@ export class ControlServer {
       const result = await this.#run(request);
       return encodeResponse({ id, ok: true, result });
     } catch (e) {
-      const code = e instanceof ControlError && isControlErrorCode(e.code) ? e.code : "failed";
+      // Any error whose code is a response code (a ControlError, or one of the target's own).
+      const own = (e as { code?: unknown } | null)?.code;
+      const code = isControlErrorCode(own) ? own : "failed";
       const message = e instanceof Error ? e.message : String(e);
       try {
         return encodeResponse({ id, ok: false, error: { code, message } });
