@@ -66,4 +66,66 @@ describe("workerPciDevice", () => {
     expect(() => wake?.(0)).not.toThrow();
     expect(failures).toEqual([]);
   });
+
+  it("control: id, kind and description, stats without blocking, pause / resume, tune, a start tuning", async () => {
+    const failures: string[] = [];
+    let wake: ((queue: number) => void) | undefined;
+    const device = await workerPciDevice({
+      module: FILL_DEVICE,
+      data: { byte: 0x4d },
+      name: "fill",
+      id: "fill0",
+      kind: "fill",
+      description: "a test device",
+      tuning: { iops: { rate: 1000 } },
+      onStart: (w) => {
+        wake = w;
+      },
+    })(fakeContext(failures));
+    const control = device.control!;
+    expect([control.id, control.kind, control.description]).toEqual(["fill0", "fill", "a test device"]);
+    const report = await control.stats();
+    expect(report).toMatchObject({
+      id: "fill0",
+      kind: "fill",
+      thread: { held: false, tuning: { iops: { rate: 1000, burst: 1000 } } },
+      device: { served: 0, closed: false },
+    });
+    expect(report.thread.tid).toBeGreaterThan(0);
+    // Plain JSON: it crosses a socket as it is.
+    expect(JSON.parse(JSON.stringify(report))).toEqual(report);
+    expect(await control.tune({ iops: null, nice: 2 })).toEqual({ nice: 2 });
+    await control.pause();
+    expect((await control.stats()).thread.held).toBe(true);
+    const { channel: described } = device.handler!.data as {
+      channel: Parameters<typeof DeviceChannel.fromDescriptor>[0];
+    };
+    const transport = new PciDriverTransport(new ChannelPciFunction(DeviceChannel.fromDescriptor(described)));
+    transport.notify = (queue: number) => wake?.(queue);
+    const sim = new VirtioDriverSimulator({ transport, memory, heap: { address: 4 << 20, size: 1 << 20 } });
+    sim.init({ queueSize: 16 });
+    const q = sim.queue(0);
+    q.submit({ writable: [8] });
+    q.kick();
+    await new Promise((r) => setTimeout(r, 100));
+    expect(q.pollUsed()).toHaveLength(0); // held
+    await control.resume();
+    expect(await q.waitUsed(1, 3000)).toHaveLength(1);
+    expect((await control.stats()).device).toMatchObject({ served: 1 });
+    await device.detach?.();
+    await expect(control.stats()).rejects.toThrow(/has exited/);
+    expect(failures).toEqual([]);
+  });
+
+  it("a default id is the name, and the kind 'virtio'", async () => {
+    const device = await workerPciDevice({ module: FILL_DEVICE, data: { byte: 1 }, name: "plain" })(
+      fakeContext([]),
+    );
+    expect([device.control?.id, device.control?.kind, device.control?.description]).toEqual([
+      "plain",
+      "virtio",
+      "plain",
+    ]);
+    await device.detach?.();
+  });
 });
