@@ -239,9 +239,9 @@ export class VirtioBlkDevice implements VirtioDevice {
     return this.#inline?.aq?.completionFd;
   }
 
-  /** Requests handed to the disk and not completed yet (aio io_uring). */
+  /** Requests taken off the rings and handed to the disk, not answered yet (aio io_uring). */
   get inFlight(): number {
-    return this.#inline?.aq?.inFlight ?? 0;
+    return this.#tagHead.length - this.#freeCount;
   }
 
   /** Waits for requests in flight (aio io_uring), then closes the asynchronous queue. The image stays open. */
@@ -689,6 +689,12 @@ export class VirtioBlkDevice implements VirtioDevice {
     return this.#stats.completed + this.#stats.failed;
   }
 
+  /** Data bytes read and written so far (what a bandwidth limit charges), without building {@link stats}. */
+  get bytesServed(): number {
+    const e = this.#inline?.engine.stats;
+    return e ? e.bytesRead + e.bytesWritten : 0;
+  }
+
   /** Counters (inline mode; zeros in worker mode, ask the worker handle). Builds a fresh object each time. */
   get stats(): BlkDeviceStats {
     const e = this.#inline?.engine.stats;
@@ -704,7 +710,7 @@ export class VirtioBlkDevice implements VirtioDevice {
       ioErrors: e?.ioErrors ?? 0,
       ...this.#stats,
       queues: this.configuration.queues,
-      inFlight: this.#tagHead.length - this.#freeCount,
+      inFlight: this.inFlight,
       requests: { ...this.#requests },
       errors: {
         ioerr: (e?.ioErrors ?? 0) + this.#requests.invalid,

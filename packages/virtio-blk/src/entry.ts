@@ -67,6 +67,13 @@ export default defineDeviceModule<BlkModuleData, BlkModuleInfo, BlkDeviceStats>(
       get served() {
         return device.served;
       },
+      // A bandwidth limit charges these; a pause waits for the requests in flight (io_uring).
+      get bytesServed() {
+        return device.bytesServed;
+      },
+      get inFlight() {
+        return device.inFlight;
+      },
       info: () => ({ disk: diskInfo(image), configuration: device.configuration }),
       stats: () => device.stats,
       close: () => {

@@ -1,6 +1,6 @@
 // A virtio-blk disk as a `@tskvm/machine-x86` device: this package's device module served
 // by `@tskvm/virtio-worker` (its own worker by default), wired with `workerPciDevice`.
-import type { MachinePciDeviceFactory } from "@tskvm/machine-x86";
+import type { DeviceTuning, MachinePciDeviceFactory } from "@tskvm/machine-x86";
 import { type SharedDeviceWorker, workerPciDevice } from "@tskvm/virtio-worker";
 import type { BlkDeviceOptions } from "./config.js";
 import { BLK_MAX_QUEUES } from "./constants.js";
@@ -28,6 +28,27 @@ export interface VirtioBlkPciDeviceOptions extends BlkImageSpec {
    * costs no wake-up per request, an idle one nothing. Default 0 (off). Its own worker only.
    */
   pollUs?: number;
+  /**
+   * The disk's id in the machine's controls (`machine.devices`, `tskvm stat`), unique in the
+   * machine, e.g. "disk0". Default: "disk PATH".
+   */
+  id?: string;
+  /**
+   * Limits and priorities of the disk's worker from the start (IOPS and bandwidth token
+   * buckets, ioprio, nice); changed at run time through the device's `control.tune`.
+   */
+  tuning?: DeviceTuning;
+}
+
+/** How listings describe a disk: its path and the options that change what the guest sees. */
+function describeDisk(image: BlkImageSpec, queues: number): string {
+  const flags = [
+    image.readOnly ? "ro" : "",
+    image.snapshot ? "snapshot" : "",
+    image.direct ? "direct" : "",
+    queues > 1 ? `queues=${queues}` : "",
+  ].filter((f) => f !== "");
+  return [image.path, ...flags].join(",");
 }
 
 /**
@@ -38,7 +59,7 @@ export interface VirtioBlkPciDeviceOptions extends BlkImageSpec {
  * error that names it (`disk PATH: ...`).
  */
 export function virtioBlkPciDevice(options: VirtioBlkPciDeviceOptions): MachinePciDeviceFactory {
-  const { serial, queues = 1, device, thread, pollUs, ...image } = options;
+  const { serial, queues = 1, device, thread, pollUs, id, tuning, ...image } = options;
   if (!Number.isInteger(queues) || queues < 1 || queues > BLK_MAX_QUEUES)
     throw new RangeError(`disk ${image.path}: queues must be 1-${BLK_MAX_QUEUES}, not ${queues}`);
   if (pollUs !== undefined && (!Number.isFinite(pollUs) || pollUs < 0 || pollUs > 1_000_000))
@@ -52,6 +73,10 @@ export function virtioBlkPciDevice(options: VirtioBlkPciDeviceOptions): MachineP
     data,
     queues,
     name: `disk ${image.path}`,
+    kind: "virtio-blk",
+    description: describeDisk(image, queues),
+    ...(id !== undefined ? { id } : {}),
+    ...(tuning !== undefined ? { tuning } : {}),
     ...(thread ? { thread } : {}),
     ...(pollUs ? { spinUs: pollUs } : {}),
     // disk-image's messages already begin with the path: name it once.

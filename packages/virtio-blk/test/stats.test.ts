@@ -87,6 +87,7 @@ describe("device counters", () => {
       inFlight: 0,
       queues: 1,
     });
+    expect(r.device.bytesServed).toBe(2 * 8192 + 3 * 4096); // what a bandwidth limit charges
     const sum = Object.values(s.requests).reduce((a, b) => a + b, 0);
     expect(sum).toBe(s.completed);
     expect(s.latency.count).toBe(s.completed);
