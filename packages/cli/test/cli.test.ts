@@ -68,6 +68,12 @@ describe("tskvm dispatcher", () => {
       ["guest", "build"],
       ["image", "create"],
       ["image", "info"],
+      ["list"],
+      ["stat"],
+      ["pause"],
+      ["resume"],
+      ["stop"],
+      ["set"],
     ])
       expect((await inProcess([...cmd, "--help"])).stdout, cmd.join(" ")).toContain(
         `\n${exitCodesHelp(["ok", "error", "usage"])}`,
@@ -94,7 +100,13 @@ describe("tskvm dispatcher", () => {
       "tskvm guest build",
       "tskvm image create",
       "tskvm image info",
+      "tskvm list",
+      "tskvm pause",
+      "tskvm resume",
       "tskvm run",
+      "tskvm set",
+      "tskvm stat",
+      "tskvm stop",
     ]);
     for (const [path, command] of commands) {
       // An option's line in the Options section: "  -b, --backing FILE" or "      --force".
@@ -165,6 +177,7 @@ describe("tskvm dispatcher", () => {
       [["run", "-m", "1.3G"], /^tskvm run: error: -m\/--mem must be a whole number of MiB, not '1\.3G'/],
       [["run", "-m", "16M"], /^tskvm run: error: -m\/--mem must be from 32M to 1T, not '16M'/],
       [["run", "kernel", "extra"], /^tskvm run: error: unexpected argument 'extra'/],
+      [["run", "--name", "a b"], /^tskvm run: error: --name: 'a b' is not a VM name: use 1 to 64 letters/],
       [["run", "-k", "a", "b"], /^tskvm run: error: the kernel is given twice \('a' and 'b'\)/],
       [
         ["image", "create", "d.qcow2", "10X"],

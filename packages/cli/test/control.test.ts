@@ -66,7 +66,7 @@ class Raw {
   get closed() {
     return this.#closed;
   }
-  send(text: string | Buffer) {
+  send(text: string | Uint8Array) {
     this.socket.write(text);
   }
   /** The next `n` response lines, parsed. */
@@ -295,9 +295,9 @@ describe("control server and client", () => {
     ];
     const raw = new Raw(server.path);
     raw.send(
-      cases
+      `${cases
         .map(([line], i) => line.replace(/^\{/, `{"id":${i},`).replace(/^\{"id":\d+,\}/, `{"id":${i}}`))
-        .join("\n") + "\n",
+        .join("\n")}\n`,
     );
     const answers = await raw.lines(cases.length);
     raw.close();

@@ -4,8 +4,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createQcow2, type DiskImage, DiskImageError, openDiskImage } from "@tskvm/disk-image";
+import type { SharedDeviceWorker } from "@tskvm/virtio-worker";
 import { afterAll, describe, expect, it } from "vitest";
-import { checkDisks, main, parseDiskSpec, UsageError } from "../src/index.js";
+import { checkDisks, diskDeviceOptions, main, parseDiskSpec, UsageError } from "../src/index.js";
 
 const cli = fileURLToPath(new URL("../dist/main.js", import.meta.url));
 
@@ -31,6 +32,66 @@ describe("--disk specs", () => {
     expect(parseDiskSpec("a.img,aio=io_uring")).toMatchObject({ aio: "io_uring" });
     expect(parseDiskSpec("a.img").aio).toBeUndefined();
     expect(parseDiskSpec("a.img,poll=50")).toMatchObject({ pollUs: 50 });
+  });
+
+  it("parses queues and the limits and priorities (iops, bw, ioprio, nice)", () => {
+    expect(parseDiskSpec("a.img,queues=4")).toMatchObject({ queues: 4 });
+    expect(parseDiskSpec("a.img").tuning).toBeUndefined();
+    expect(parseDiskSpec("a.img,iops=500,bw=10M,ioprio=be:3,nice=-5").tuning).toEqual({
+      iops: { rate: 500 },
+      bandwidth: { rate: 10 * 2 ** 20 },
+      ioPriority: { class: "be", level: 3 },
+      nice: -5,
+    });
+    expect(parseDiskSpec("a.img,iops=500:2000,bw=1.5M:64M").tuning).toEqual({
+      iops: { rate: 500, burst: 2000 },
+      bandwidth: { rate: 1.5 * 2 ** 20, burst: 64 * 2 ** 20 },
+    });
+    expect(parseDiskSpec("a.img,bw=4096").tuning).toEqual({ bandwidth: { rate: 4096 } });
+    expect(parseDiskSpec("a.img,ioprio=rt").tuning).toEqual({ ioPriority: { class: "rt" } });
+    expect(parseDiskSpec("a.img,ioprio=rt:0").tuning).toEqual({ ioPriority: { class: "rt", level: 0 } });
+    expect(parseDiskSpec("a.img,ioprio=idle").tuning).toEqual({ ioPriority: { class: "idle" } });
+    expect(parseDiskSpec("a.img,nice=19").tuning).toEqual({ nice: 19 });
+    expect(parseDiskSpec("a.img,nice=+3").tuning).toEqual({ nice: 3 });
+  });
+
+  it("refuses bad queues, limits and priorities with what is expected", () => {
+    const cases: Array<[string, RegExp]> = [
+      ["a.img,queues=0", /queues=0 must be a whole number from 1 to 16/],
+      ["a.img,queues=17", /queues=17 must be a whole number from 1 to 16/],
+      ["a.img,queues=x", /queues=x must be/],
+      ["a.img,iops=0", /--disk a\.img,iops=0: iops=0: the rate must be more than 0; use iops=N\[:BURST\]/],
+      ["a.img,iops=1.5", /iops=1\.5: the rate '1\.5' is not a whole number/],
+      ["a.img,iops=-1", /is not a whole number/],
+      ["a.img,iops=5:0", /the burst must be more than 0/],
+      ["a.img,iops=5:6:7", /has more than one ':'/],
+      ["a.img,iops=", /iops= needs a value/],
+      ["a.img,iops=none", /is not a whole number/],
+      ["a.img,bw=10X", /bw: '10X' is not a size/],
+      ["a.img,bw=0", /bw=0: the rate must be more than 0/],
+      ["a.img,ioprio=high", /ioprio=high is not an I\/O priority; use ioprio=rt\[:0-7\]\|be\[:0-7\]\|idle/],
+      ["a.img,ioprio=be:8", /the level must be 0 \(highest\) to 7/],
+      ["a.img,ioprio=idle:1", /the idle class has no level/],
+      ["a.img,nice=20", /nice=20 must be a whole number from -20 to 19/],
+      ["a.img,nice=-21", /nice=-21 must be/],
+      ["a.img,nice=1.5", /nice=1\.5 must be/],
+      ["a.img,iops", /unknown option 'iops'/],
+    ];
+    for (const [bad, message] of cases) expect(() => parseDiskSpec(bad), bad).toThrow(message);
+    for (const [bad] of cases) expect(() => parseDiskSpec(bad), bad).toThrow(UsageError);
+  });
+
+  it("hands the id, queues and tuning to virtio-blk", () => {
+    const shared = {} as SharedDeviceWorker;
+    const opts = diskDeviceOptions(parseDiskSpec("a.img,queues=4,iops=100,nice=2"), shared, 1);
+    expect(opts).toMatchObject({ id: "disk1", queues: 4, tuning: { iops: { rate: 100 }, nice: 2 } });
+    expect(diskDeviceOptions(parseDiskSpec("a.img"), shared, 0)).toEqual({
+      id: "disk0",
+      path: "a.img",
+      readOnly: false,
+      snapshot: false,
+      direct: false,
+    });
   });
 
   it("refuses unknown options, bad values and an empty path", () => {
