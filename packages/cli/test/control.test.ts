@@ -1,12 +1,22 @@
 import { execFileSync, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, statSync, symlinkSync } from "node:fs";
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+} from "node:fs";
 import { createConnection, createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import {
+  CONTROL_COMMANDS,
   CONTROL_ERROR_CODES,
   ControlClient,
   ControlError,
@@ -592,5 +602,27 @@ describe("the socket when the process ends", () => {
     } finally {
       other.close();
     }
+  });
+});
+
+describe("control-protocol.schema.json", () => {
+  it("names the commands, error codes and tuning fields the server takes", () => {
+    const schema = JSON.parse(readFileSync(join(pkgDir, "control-protocol.schema.json"), "utf8")) as {
+      $defs: Record<string, Record<string, unknown>>;
+    };
+    const text = JSON.stringify(schema);
+    const requests = (
+      schema.$defs.request!.oneOf as Array<{ properties: { cmd: { enum?: string[]; const?: string } } }>
+    ).flatMap((r) => r.properties.cmd.enum ?? [r.properties.cmd.const!]);
+    expect(requests.sort()).toEqual([...CONTROL_COMMANDS].sort());
+    expect(text).toContain(JSON.stringify([...CONTROL_ERROR_CODES]));
+    expect(Object.keys((schema.$defs.tuningFields!.properties as object) ?? {})).toEqual([
+      "iops",
+      "bandwidth",
+      "ioPriority",
+      "nice",
+    ]);
+    expect(schema.$defs.vmInfo!.required).toEqual(Object.keys(fakeInfo("x")));
+    expect(String(schema.description)).toContain(`A line longer than ${MAX_LINE_BYTES} bytes gets a too-large error`);
   });
 });
