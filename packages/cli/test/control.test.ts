@@ -608,6 +608,7 @@ describe("the socket when the process ends", () => {
 describe("control-protocol.schema.json", () => {
   it("names the commands, error codes and tuning fields the server takes", () => {
     const schema = JSON.parse(readFileSync(join(pkgDir, "control-protocol.schema.json"), "utf8")) as {
+      description: string;
       $defs: Record<string, Record<string, unknown>>;
     };
     const text = JSON.stringify(schema);
@@ -623,6 +624,6 @@ describe("control-protocol.schema.json", () => {
       "nice",
     ]);
     expect(schema.$defs.vmInfo!.required).toEqual(Object.keys(fakeInfo("x")));
-    expect(String(schema.description)).toContain(`A line longer than ${MAX_LINE_BYTES} bytes gets a too-large error`);
+    expect(schema.description).toContain(`A line longer than ${MAX_LINE_BYTES} bytes gets a too-large error`);
   });
 });
