@@ -12,7 +12,7 @@ import {
   probeFormat,
 } from "@tskvm/disk-image";
 import type { DeviceTuning } from "@tskvm/machine-x86";
-import type { VirtioBlkPciDeviceOptions } from "@tskvm/virtio-blk";
+import { BLK_MAX_QUEUES, type VirtioBlkPciDeviceOptions } from "@tskvm/virtio-blk";
 import type { SharedDeviceWorker } from "@tskvm/virtio-worker";
 import { UsageError } from "./command.js";
 import { isTuningKey, parseTuningOption, TUNING_SYNTAX } from "./tuning.js";
@@ -43,8 +43,8 @@ export interface DiskSpec {
   tuning?: DeviceTuning;
 }
 
-/** The most virtqueues a `-d` disk may ask for (`queues=N`). */
-export const MAX_DISK_QUEUES = 16;
+/** The most virtqueues a `-d` disk may ask for (`queues=N`): virtio-blk's limit. */
+export const MAX_DISK_QUEUES = BLK_MAX_QUEUES;
 
 const FLAGS = ["ro", "snapshot", "direct"] as const;
 
@@ -296,14 +296,10 @@ export function diskDeviceOptions(
   sharedThread: SharedDeviceWorker,
   index?: number,
 ): VirtioBlkPciDeviceOptions {
-  // id, queues and tuning are virtio-blk's newest options (issue #16, #14).
-  const control: { id?: string; queues?: number; tuning?: DeviceTuning } = {
+  return {
     ...(index !== undefined ? { id: diskId(index) } : {}),
     ...(disk.queues !== undefined && disk.queues > 1 ? { queues: disk.queues } : {}),
     ...(disk.tuning ? { tuning: disk.tuning } : {}),
-  };
-  return {
-    ...control,
     path: disk.path,
     readOnly: disk.readOnly,
     snapshot: disk.snapshot,
