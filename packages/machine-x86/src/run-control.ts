@@ -6,7 +6,7 @@
 export interface RateLimit {
   /** Tokens per second: requests for an IOPS limit, bytes for a bandwidth limit. > 0. */
   rate: number;
-  /** Bucket size: how much may pass at once after an idle spell. Default: `rate` (one second's worth). */
+  /** Bucket size: how much may pass at once after an idle spell. Default: a tenth of `rate` (100 ms worth). */
   burst?: number;
 }
 

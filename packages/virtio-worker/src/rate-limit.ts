@@ -14,6 +14,15 @@ export function checkRateLimit(what: string, limit: RateLimit): void {
     throw new RangeError(`${what}: burst must be a number > 0, not ${String(burst)}`);
 }
 
+/**
+ * The bucket size when none is given: 100 ms worth of the rate. A full second's worth would let
+ * a fresh limit pass twice its rate in its first second (the bucket starts full); this keeps
+ * any 5 s window within ~2% of the rate while still absorbing a short burst.
+ */
+export function defaultBurst(rate: number): number {
+  return rate / 10;
+}
+
 /** One bucket. Times are ms (performance.now() in the worker; any clock in tests). */
 export class TokenBucket {
   readonly rate: number;
@@ -25,7 +34,7 @@ export class TokenBucket {
   constructor(limit: RateLimit, now: number, tokens?: number) {
     checkRateLimit("rate limit", limit);
     this.rate = limit.rate;
-    this.burst = limit.burst ?? limit.rate;
+    this.burst = limit.burst ?? defaultBurst(limit.rate);
     this.#tokens = Math.min(this.burst, tokens ?? this.burst);
     this.#last = now;
   }

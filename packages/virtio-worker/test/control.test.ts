@@ -110,11 +110,28 @@ describe("token buckets (a fake clock)", () => {
     expect(b.waitMs(10_000)).toBeCloseTo(160);
   });
 
+  it("without a burst, the bucket holds 100 ms of the rate: a fresh limit passes ~rate over a few seconds, not twice it", () => {
+    const b = new TokenBucket({ rate: 500 }, 0);
+    expect(b.burst).toBe(50);
+    expect(b.tokens(0)).toBe(50);
+    // Everything a greedy client can take in 5 s: the full bucket, then the refill.
+    let taken = 0;
+    for (let t = 0; t <= 5000; t++) {
+      const n = Math.floor(b.tokens(t));
+      if (n > 0) {
+        b.take(n);
+        taken += n;
+      }
+    }
+    expect(taken / 5).toBeGreaterThanOrEqual(500);
+    expect(taken / 5).toBeLessThanOrEqual(512);
+  });
+
   it("a limiter caps the serve budget by the tokens, charges what was served, and follows changes", () => {
     const l = new DeviceRateLimiter();
     expect(l.limited).toBe(false);
     expect(l.budget(64, 1 << 20, 0)).toEqual({ requests: 64, bytes: 1 << 20 });
-    l.set({ iops: { rate: 1000, burst: 8 }, bandwidth: { rate: 4096 } }, 0);
+    l.set({ iops: { rate: 1000, burst: 8 }, bandwidth: { rate: 4096, burst: 4096 } }, 0);
     expect(l.budget(64, 1 << 20, 0)).toEqual({ requests: 8, bytes: 4096 });
     l.charge(8, 4096);
     expect(l.waitMs(0)).toBeCloseTo(1); // the request bucket is the later one
