@@ -21,6 +21,7 @@ export {
 export { rootCommand } from "./commands/index.js";
 export { ControlClient, type ControlClientOptions, listVms, withVm } from "./control/client.js";
 export {
+  checkControlDir,
   checkVmName,
   controlDir,
   ensureControlDir,

@@ -504,6 +504,40 @@ describe("the socket file", () => {
     );
   });
 
+  it("clients do not trust a directory others may write to", async () => {
+    const { dir } = await serve("vm-w");
+    chmodSync(dir, 0o777);
+    try {
+      await expect(ControlClient.connect("vm-w", { dir })).rejects.toMatchObject({ code: "unsafe-dir" });
+      await expect(listVms({ dir })).rejects.toThrow(/only you may write to; not trusting its sockets/);
+    } finally {
+      chmodSync(dir, 0o700);
+    }
+    expect((await listVms({ dir })).map((v) => v.name)).toEqual(["vm-w"]);
+  });
+
+  it("close() lets a request being answered finish, then closes", async () => {
+    let release: () => void = () => {};
+    const target = {
+      ...fakeTarget("vm-c"),
+      stop: () => new Promise<{ forced: boolean }>((r) => (release = () => r({ forced: false }))),
+    };
+    const { server } = await serve("vm-c", target as unknown as ControlTarget);
+    const busy = new Raw(server.path);
+    const idle = new Raw(server.path);
+    idle.send('{"cmd":"info"}\n');
+    await idle.lines(1);
+    busy.send('{"id":"s","cmd":"stop"}\n');
+    await new Promise((r) => setTimeout(r, 50));
+    const closing = server.close();
+    expect(existsSync(server.path)).toBe(false);
+    expect(await idle.waitClosed(500)).toBe(true);
+    release();
+    expect((await busy.lines(1))[0]).toEqual({ id: "s", ok: true, result: { forced: false } });
+    await closing;
+    expect(await busy.waitClosed()).toBe(true);
+  });
+
   it("connecting to a missing VM says so", async () => {
     const dir = freshDir();
     await expect(ControlClient.connect("vm-none", { dir })).rejects.toMatchObject({

@@ -2,7 +2,7 @@
 import { readdirSync } from "node:fs";
 import { createConnection, type Socket } from "node:net";
 import type { DeviceTuning, MachineStats } from "@tskvm/machine-x86";
-import { controlDir, nameOfSocketFile, socketPath } from "./paths.js";
+import { checkControlDir, controlDir, nameOfSocketFile, socketPath } from "./paths.js";
 import {
   type ControlCommand,
   ControlError,
@@ -61,6 +61,7 @@ export class ControlClient {
   static async connect(name: string, options: ControlClientOptions = {}): Promise<ControlClient> {
     const dir = options.dir ?? controlDir();
     const path = socketPath(name, dir);
+    checkControlDir(dir);
     const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     const socket = await new Promise<Socket>((resolve, reject) => {
       const s = createConnection(path);
@@ -225,6 +226,7 @@ export async function listVms(options: ControlClientOptions = {}): Promise<VmInf
   } catch {
     return [];
   }
+  checkControlDir(dir);
   const names = files.map(nameOfSocketFile).filter((n): n is string => n !== undefined);
   const infos = await Promise.all(
     names.map(async (name) => {

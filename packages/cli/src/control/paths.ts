@@ -55,6 +55,26 @@ export function ensureControlDir(dir: string = controlDir()): string {
   return dir;
 }
 
+/**
+ * A client's check before it talks to a socket in `dir`: where the directory exists, it must
+ * be safe as {@link ensureControlDir} wants it (else someone else could have put a socket
+ * there). Nothing is made or changed.
+ */
+export function checkControlDir(dir: string): void {
+  let st: ReturnType<typeof lstatSync>;
+  try {
+    st = lstatSync(dir);
+  } catch {
+    return;
+  }
+  const uid = process.getuid?.();
+  if (!st.isDirectory() || (uid !== undefined && st.uid !== uid) || (st.mode & 0o022) !== 0)
+    throw new ControlError(
+      "unsafe-dir",
+      `the control directory ${dir} is not a directory of yours that only you may write to; not trusting its sockets`,
+    );
+}
+
 /** Throws a {@link ControlError} ("bad-name") unless `name` is a valid VM name. */
 export function checkVmName(name: string): string {
   if (!VM_NAME.test(name))

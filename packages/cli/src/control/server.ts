@@ -112,6 +112,8 @@ export class ControlServer {
   readonly #server: Server;
   readonly #target: ControlTarget;
   readonly #sockets = new Set<Socket>();
+  /** Connections with a request being answered. */
+  readonly #busy = new Set<Socket>();
   readonly #maxConnections: number;
   readonly #idleMs: number;
   #inode: { dev: number; ino: number } | undefined;
@@ -189,14 +191,23 @@ export class ControlServer {
     return this.#sockets.size;
   }
 
-  /** Stops listening, closes every connection and removes the socket. */
-  close(): Promise<void> {
+  /**
+   * Stops listening, removes the socket and closes every connection: at once where nothing
+   * is being answered; a request being answered (e.g. the `stop` that ended the VM) gets
+   * its answer first if it comes within `graceMs` (default 1000).
+   */
+  close(graceMs = 1000): Promise<void> {
     if (this.#closed) return Promise.resolve();
     this.#closed = true;
     this.#unlink();
     process.off("exit", this.#onExit);
-    for (const s of this.#sockets) s.destroy();
-    return new Promise((resolve) => this.#server.close(() => resolve()));
+    for (const s of this.#sockets) if (!this.#busy.has(s)) s.end();
+    const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    const timer = setTimeout(() => {
+      for (const s of this.#sockets) s.destroy();
+    }, graceMs);
+    timer.unref();
+    return closed.finally(() => clearTimeout(timer));
   }
 
   /** Removes the socket file if it is still ours (not one a later VM of the same name made). */
@@ -236,25 +247,31 @@ export class ControlServer {
     const pump = async () => {
       if (busy) return;
       busy = true;
+      this.#busy.add(s);
       s.pause();
       try {
-        while (lines.length > 0 && !s.destroyed) {
+        while (lines.length > 0 && !s.destroyed && !this.#closed) {
           const line = lines.shift()!;
           const text = line.toString("utf8").replace(/\r$/, "");
           if (text.trim() === "") continue;
           const out = await this.#answer(text);
           if (s.destroyed) return;
           // A client that does not read its answers stops being read.
-          if (!s.write(out)) await new Promise((r) => s.once("drain", r));
+          if (!s.write(out))
+            await new Promise<void>((r) => {
+              s.once("drain", r);
+              s.once("close", r);
+            });
         }
-        if (ended && !dead && !s.destroyed) s.end();
+        if ((ended || this.#closed) && !dead && !s.destroyed) s.end();
       } finally {
         busy = false;
+        this.#busy.delete(s);
         if (!s.destroyed && !dead) s.resume();
       }
     };
     s.on("data", (chunk: Buffer) => {
-      if (dead) return;
+      if (dead || this.#closed) return;
       buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk]);
       let at = buffered.indexOf(10);
       while (at >= 0) {
