@@ -22,7 +22,11 @@ export type ExitCodeName = keyof typeof ExitCode;
  * the cli README say exactly this (a test compares them).
  */
 export const EXIT_CODES: ReadonlyArray<{ code: number; name: ExitCodeName; meaning: string }> = [
-  { code: 0, name: "ok", meaning: "success (run: the guest powered off or rebooted), and --help" },
+  {
+    code: 0,
+    name: "ok",
+    meaning: "success (run: the guest powered off or rebooted, or tskvm stop ended it), and --help",
+  },
   {
     code: 1,
     name: "error",

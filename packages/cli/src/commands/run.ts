@@ -22,8 +22,10 @@ import {
   UsageError,
 } from "../command.js";
 import { parseConsoleKind, terminalSize } from "../console.js";
-import { checkVmName } from "../control/paths.js";
-import { checkDisks, diskDeviceOptions, parseDiskSpec } from "../disk.js";
+import { MachineControlTarget } from "../control/machine-target.js";
+import { checkVmName, generateVmName } from "../control/paths.js";
+import { ControlServer } from "../control/server.js";
+import { checkDisks, type DiskSpec, diskDeviceOptions, parseDiskSpec } from "../disk.js";
 import { exitCodesHelp } from "../exit-codes.js";
 import { buildGuestKitWithProgress } from "../progress.js";
 import { parseSize } from "../size.js";
@@ -169,7 +171,12 @@ const ME = "tskvm run";
 
 const errorMessage = (e: unknown): string => (e instanceof Error ? e.message : String(e));
 
-async function runMachine(m: Machine, io: Io, hvc?: VirtioConsolePci): Promise<number> {
+async function runMachine(
+  m: Machine,
+  io: Io,
+  hvc: VirtioConsolePci | undefined,
+  control: { target: MachineControlTarget; server: ControlServer | undefined },
+): Promise<number> {
   const term = new ConsoleTerminal(process.stdin);
   let signal: NodeJS.Signals | undefined;
   let failed = false;
@@ -252,15 +259,19 @@ async function runMachine(m: Machine, io: Io, hvc?: VirtioConsolePci): Promise<n
       return ExitCode.error;
     }
     const detail = exit.detail ? `: ${exit.detail}` : "";
+    // `tskvm stop NAME`: asked for, so a success whether the guest powered off or was forced.
+    const byControl = !signal && control.target.stopRequested;
     io.stderr(
-      `\ntskvm: ${signal ? `stopped by ${signal === "SIGINT" && !detail ? "Ctrl-A x / SIGINT" : signal}` : DESCRIBE[exit.reason]}${detail}\n`,
+      `\ntskvm: ${signal ? `stopped by ${signal === "SIGINT" && !detail ? "Ctrl-A x / SIGINT" : signal}` : byControl ? "stopped by 'tskvm stop'" : DESCRIBE[exit.reason]}${detail}\n`,
     );
-    return exitCodeFor(exit, signal);
+    return byControl && exit.reason === "stopped" ? ExitCode.ok : exitCodeFor(exit, signal);
   } finally {
     if (hardExitTimer) clearTimeout(hardExitTimer);
     restore();
     removeHandlers();
     hvc?.stop();
+    // After the machine ended, so the `stop` that ended it still gets its answer.
+    await control.server?.close();
   }
 }
 
@@ -289,7 +300,7 @@ export const run: Command = {
         `the kernel is given twice ('${values.kernel}' and '${positionals[0]}'): use -k/--kernel or the KERNEL argument`,
       );
     const consoleKind = parseConsoleKind(values.console);
-    if (values.name !== undefined) vmNameArg(values.name);
+    const givenName = values.name === undefined ? undefined : vmNameArg(values.name);
     const disks = (values.disk ?? []).map(parseDiskSpec);
     if (values.snapshot) for (const d of disks) d.snapshot = true;
     const mem = memMiB(values.mem);
@@ -317,11 +328,13 @@ export const run: Command = {
     const cmdline = [hvc ? "console=hvc0" : undefined, values.params]
       .filter((p) => p !== undefined)
       .join(" ");
+    // Check the files first: a bad kernel is reported as such, whatever the host's KVM.
+    parseBzImage(readInput("kernel", kernel));
+    if (initrd !== undefined) readInput("initrd", initrd);
+    // Then the control socket: a name another VM has is refused before anything boots.
+    const control = await listenForControl(givenName, disks, io);
     let machine: Machine;
     try {
-      // Check the files first: a bad kernel is reported as such, whatever the host's KVM.
-      parseBzImage(readInput("kernel", kernel));
-      if (initrd !== undefined) readInput("initrd", initrd);
       machine = createMachine({
         kernel,
         ...(initrd !== undefined ? { initrd } : {}),
@@ -331,18 +344,44 @@ export const run: Command = {
         // Each disk on a worker of its own (unless thread=shared); the rng and the console on
         // the thread shared by slow devices.
         devices: [
-          ...disks.map((d) => virtioBlkPciDevice(diskDeviceOptions(d, slowDevices))),
+          ...disks.map((d, i) => virtioBlkPciDevice(diskDeviceOptions(d, slowDevices, i))),
           ...(values.rng ? [virtioRngPciDevice({ thread: slowDevices })] : []),
           ...(hvc ? [hvc.device] : []),
         ],
       });
     } catch (e) {
+      await control.server?.close();
       if (e instanceof AccelerationError)
         throw new CommandError(e.message, {
           hint: "the project's tests boot Linux inside a nested-KVM sandbox on such machines (see the README).",
         });
       throw e;
     }
-    return runMachine(machine, io, hvc);
+    control.target.attach(machine);
+    return runMachine(machine, io, hvc, control);
   },
 };
+
+/**
+ * The VM's control socket (`tskvm list/stat/pause/resume/stop/set NAME`). With --name, a
+ * socket that cannot be made is an error; with the generated name only a warning — the VM
+ * still runs, just without the socket.
+ */
+async function listenForControl(
+  givenName: string | undefined,
+  disks: readonly DiskSpec[],
+  io: Io,
+): Promise<{ target: MachineControlTarget; server: ControlServer | undefined }> {
+  let name = givenName;
+  try {
+    name ??= generateVmName();
+    const target = new MachineControlTarget(name, disks);
+    const server = await ControlServer.listen(name, target);
+    io.stderr(`tskvm: VM ${name} (tskvm stat|pause|resume|stop ${name})\n`);
+    return { target, server };
+  } catch (e) {
+    if (givenName !== undefined) throw new CommandError(errorMessage(e));
+    io.stderr(`${ME}: warning: no control socket: ${errorMessage(e)}\n`);
+    return { target: new MachineControlTarget(name ?? "-", disks), server: undefined };
+  }
+}
