@@ -6,7 +6,7 @@
 // line per (run, format, VMM). peakRssKiB is the VMM process's VmHWM (for tskvm the
 // node process), polled while it runs; the last value read before it exited.
 //
-//   node blk-in-guest.mjs KERNEL INITRD [FORMATS=raw[,qcow2]] [SECONDS=3] [VMMS=tskvm,tskvm-io_uring,tskvm-poll,kvmtool,kvmtool-noaio,qemu,qemu-iothread] [RUNS=1] [LKVM|-]
+//   node blk-in-guest.mjs KERNEL INITRD [FORMATS=raw[,qcow2]] [SECONDS=3] [VMMS=tskvm,tskvm-io_uring,tskvm-poll,tskvm-stat,kvmtool,kvmtool-noaio,qemu,qemu-iothread] [RUNS=1] [LKVM|-]
 //
 // Images live on $SANDBOX_WORK (a tmpfs in the sandbox; else a temp dir), 256 MiB,
 // filled with non-zero data first so reads read data: raw by writing it, qcow2 by
@@ -103,6 +103,9 @@ function argvFor(vmm, image, format) {
       return tskvmArgv({ ...guest, args: ["-d", `${image},aio=io_uring`] });
     case "tskvm-poll":
       return tskvmArgv({ ...guest, args: ["-d", `${image},poll=100`] });
+    case "tskvm-stat":
+      // The default tskvm, with `tskvm stat --watch` reading its counters once a second (see boot).
+      return tskvmArgv({ ...guest, args: ["--name", STAT_VM, "-d", image] });
     default:
       throw new Error(`unknown VMM ${vmm}`);
   }
@@ -117,8 +120,39 @@ function readHwmKiB(pid) {
   }
 }
 
+/** The name of the VM that `tskvm stat --watch` watches in the tskvm-stat rows. */
+const STAT_VM = "bench-stat";
+
+/**
+ * `tskvm stat NAME --watch --json` for as long as `running()`: started at once and again
+ * whenever it ends (until the VM's control socket exists it cannot connect), so it is up
+ * long before the guest's bench begins. Returns a stop function giving the samples printed.
+ */
+function watchStats(running) {
+  let samples = 0;
+  let child;
+  const start = () => {
+    if (!running()) return;
+    child = spawn(process.execPath, [cli, "stat", STAT_VM, "--watch", "--json"], {
+      stdio: ["ignore", "pipe", "ignore"],
+      env: vmmEnv(work),
+    });
+    child.stdout.on("data", (d) => {
+      samples += String(d)
+        .split("\n")
+        .filter((l) => l.startsWith("{")).length;
+    });
+    child.on("close", () => setTimeout(start, 1000));
+  };
+  start();
+  return () => {
+    child?.kill("SIGKILL");
+    return samples;
+  };
+}
+
 /** One boot: wall time, peak RSS, console output, exit code; killed after RUN_TIMEOUT_MS or SILENCE_MS of silence. */
-function boot(argv) {
+function boot(argv, { watch = false } = {}) {
   return new Promise((resolve) => {
     const t0 = performance.now();
     let out = "";
@@ -132,6 +166,8 @@ function boot(argv) {
     const poll = setInterval(() => {
       peakRssKiB = readHwmKiB(p.pid) ?? peakRssKiB;
     }, 200);
+    let closed = false;
+    const stopWatch = watch ? watchStats(() => !closed) : undefined;
     const hang = (why) => () => {
       timedOut = why;
       p.kill("SIGKILL");
@@ -152,10 +188,21 @@ function boot(argv) {
       err += String(e);
     });
     p.on("close", (code, signal) => {
+      closed = true;
+      const statSamples = stopWatch?.();
       clearInterval(poll);
       clearTimeout(timer);
       clearTimeout(silence);
-      resolve({ wallMs: Math.round(performance.now() - t0), peakRssKiB, code, signal, timedOut, out, err });
+      resolve({
+        wallMs: Math.round(performance.now() - t0),
+        peakRssKiB,
+        code,
+        signal,
+        timedOut,
+        out,
+        err,
+        ...(statSamples !== undefined ? { statSamples } : {}),
+      });
     });
   });
 }
@@ -195,8 +242,11 @@ async function runOne(format, vmm, image) {
   let retried;
   for (let attempt = 1; ; attempt++) {
     log(`${format} ${vmm} attempt ${attempt}: ${argv.join(" ")}`);
-    const r = await boot(argv);
+    const r = await boot(argv, { watch: vmm === "tskvm-stat" });
     const p = parseRun(r);
+    // The stat row measures nothing unless the watcher really read the counters throughout.
+    if (!p.error && r.statSamples !== undefined && r.statSamples < 5 * seconds)
+      p.error = `tskvm stat --watch printed only ${r.statSamples} samples`;
     log(
       `${format} ${vmm} attempt ${attempt}: ${p.error ?? "ok"} in ${r.wallMs} ms, peak RSS ${r.peakRssKiB} KiB`,
     );
@@ -207,6 +257,7 @@ async function runOne(format, vmm, image) {
       workloads: p.workloads,
       wallMs: r.wallMs,
       peakRssKiB: r.peakRssKiB,
+      ...(r.statSamples !== undefined ? { statSamples: r.statSamples } : {}),
       code: r.code,
       status: p.status,
       ...(retried ? { retried } : {}),

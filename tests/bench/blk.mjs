@@ -7,7 +7,7 @@
 //   TSKVM_BENCH_BLK_RUNS=3 ...                           medians of 3 runs per VMM and format
 //
 // Environment: TSKVM_BENCH_BLK_FORMATS (raw; comma list of raw, qcow2), TSKVM_BENCH_BLK_SECONDS
-// (3, per workload), TSKVM_BENCH_BLK_VMMS (tskvm,tskvm-io_uring,tskvm-poll,kvmtool,kvmtool-noaio,qemu,qemu-iothread), TSKVM_BENCH_BLK_RUNS (1;
+// (3, per workload), TSKVM_BENCH_BLK_VMMS (tskvm,tskvm-io_uring,tskvm-poll,tskvm-stat,kvmtool,kvmtool-noaio,qemu,qemu-iothread), TSKVM_BENCH_BLK_RUNS (1;
 // more runs, round-robin, give medians: the sandbox is noisy), TSKVM_BENCH_BLK_JSON
 // (where the rows go; default bench/results/blk-DATE.json), TSKVM_E2E_TARGET (host|sandbox).
 //
@@ -24,7 +24,8 @@ const formats = (process.env.TSKVM_BENCH_BLK_FORMATS ?? "raw").split(",").filter
 const seconds = Number(process.env.TSKVM_BENCH_BLK_SECONDS ?? 3);
 const runs = Number(process.env.TSKVM_BENCH_BLK_RUNS ?? 1);
 const vmms = (
-  process.env.TSKVM_BENCH_BLK_VMMS ?? "tskvm,tskvm-sync,tskvm-poll,kvmtool,kvmtool-noaio,qemu,qemu-iothread"
+  process.env.TSKVM_BENCH_BLK_VMMS ??
+  "tskvm,tskvm-io_uring,tskvm-poll,tskvm-stat,kvmtool,kvmtool-noaio,qemu,qemu-iothread"
 )
   .split(",")
   .filter(Boolean);
@@ -50,6 +51,7 @@ const names = {
   tskvm: "tskvm",
   "tskvm-io_uring": "tskvm aio=io_uring",
   "tskvm-poll": "tskvm poll=100",
+  "tskvm-stat": "tskvm + stat --watch",
   kvmtool: "kvmtool",
   "kvmtool-noaio": "kvmtool no libaio",
   qemu: "QEMU",
@@ -98,6 +100,25 @@ for (const format of formats) {
       `| ${names[v] ?? v} | ${fmt(rss.length ? Math.max(...rss) / 1024 : undefined, 1)} | ` +
         `${fmt(median(ok[v].map((r) => r.wallMs / 1000)), 1)} | ${ok[v].length}/${rs.filter((r) => !r.skipped).length} | ${notes.join("; ")} |`,
     );
+  }
+}
+
+// What watching costs: the same tskvm with and without `tskvm stat --watch` beside it.
+for (const format of formats) {
+  const base = rows.filter((r) => r.ok && r.format === format && r.vmm === "tskvm");
+  const watched = rows.filter((r) => r.ok && r.format === format && r.vmm === "tskvm-stat");
+  if (!base.length || !watched.length) continue;
+  const samples = watched.map((r) => r.statSamples).join(", ");
+  console.log(`\n${format}: tskvm with \`tskvm stat --watch\` running ÷ without (${samples} samples read)\n`);
+  console.log("| workload | IOPS ratio |");
+  console.log("|---|---:|");
+  const labels = [...new Set(base.flatMap((r) => r.workloads.map(label)))];
+  for (const l of labels) {
+    const iops = (rs) =>
+      median(rs.flatMap((r) => r.workloads.filter((w) => label(w) === l).map((w) => w.iops)));
+    const a = iops(watched);
+    const b = iops(base);
+    console.log(`| ${l} | ${fmt(a !== undefined && b ? a / b : undefined, 2)} |`);
   }
 }
 
