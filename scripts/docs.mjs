@@ -38,7 +38,9 @@ for (const p of all) visit(p);
 /** The source file behind each `exports` entry: ./dist/x.d.ts → src/x.ts. */
 function entryPoints({ dir, manifest }) {
   const exportsField = manifest.exports ?? { ".": { types: manifest.types } };
-  return Object.values(exportsField).map((e) => {
+  // Data files a package exports (e.g. a JSON Schema) have no API to document.
+  const code = Object.values(exportsField).filter((e) => typeof e !== "string" || !e.endsWith(".json"));
+  return code.map((e) => {
     const types = typeof e === "string" ? e : e.types;
     const src = join(root, "packages", dir, types.replace(/^\.\/dist\//, "src/").replace(/\.d\.ts$/, ".ts"));
     if (!existsSync(src)) throw new Error(`${manifest.name}: no source ${src} for export ${types}`);
