@@ -72,6 +72,32 @@ describe(`tskvm run with disks (${target.kind})`, () => {
     expect(s.RNG).toBe("virtio_rng.0 4096");
   });
 
+  it("multiqueue: queues=2 on 2 vCPUs — Linux sees 2 hardware queues, each answers on its own vector, the data lands", () => {
+    const r = get("multiqueue: queues=2 on 2 vCPUs, each CPU's writes through its own queue");
+    guestOk(r);
+    const s = r.said;
+    expect(s.MQ).toBe("2");
+    expect(s.W0).toBe("0");
+    expect(s.W1).toBe("0");
+    expect(s.R0).toBe("same");
+    // e.g. "virtio0-req.0=17 virtio0-req.1=21": both queues raised interrupts.
+    const irqs = Object.fromEntries(
+      (s.IRQ as string)
+        .trim()
+        .split(/\s+/)
+        .map((kv) => kv.split("=")),
+    );
+    expect(
+      Object.keys(irqs)
+        .map((k) => k.replace(/^virtio\d+-/, ""))
+        .sort(),
+      s.IRQ,
+    ).toEqual(["req.0", "req.1"]);
+    for (const [q, n] of Object.entries(irqs)) expect(Number(n), q).toBeGreaterThan(0);
+    expect(r.host.first).toBe(true);
+    expect(r.host.second).toBe(true);
+  });
+
   it("ext4 on a raw disk: the host's e2fsck -fn is clean and finds the files", () => {
     const r = get(
       "ext4 on a raw disk: mkfs, mount, write, sync; the host's e2fsck is clean and finds the files",
