@@ -49,7 +49,7 @@ import {
   type WorkerReply,
   type WorkerRequest,
 } from "./protocol.js";
-import { checkRateLimit, DeviceRateLimiter } from "./rate-limit.js";
+import { checkRateLimit, DeviceRateLimiter, defaultBurst } from "./rate-limit.js";
 
 const data = workerData as DeviceWorkerData;
 
@@ -438,7 +438,7 @@ class Slot {
     for (const k of ["iops", "bandwidth"] as const) {
       const l = t[k];
       if (l === null) delete this.#limits[k];
-      else if (l) this.#limits[k] = { rate: l.rate, burst: l.burst ?? l.rate };
+      else if (l) this.#limits[k] = { rate: l.rate, burst: l.burst ?? defaultBurst(l.rate) };
     }
     if (t.iops !== undefined || t.bandwidth !== undefined) {
       // Queues waiting for the old limit are looked at again under the new one.

@@ -273,7 +273,7 @@ describe("rate limits in the worker", () => {
       /fill 12: iops: rate must be a number > 0/,
     );
     await expect(handle.tune({ bandwidth: { rate: 1, burst: Number.NaN } })).rejects.toThrow(/burst/);
-    expect((await handle.statsAsync()).thread.tuning).toEqual({ iops: { rate: 1000, burst: 1000 } });
+    expect((await handle.statsAsync()).thread.tuning).toEqual({ iops: { rate: 1000, burst: 100 } });
     const q = mainThreadDriver(handle, channel, 34 << 20).queue(0);
     q.submit({ writable: [8] });
     q.kick();
@@ -414,7 +414,7 @@ describe("thread tuning and stats", () => {
     expect(sa.thread.tid).toBe(sb.thread.tid);
     expect(sa.thread.tuning).toEqual({
       ioPriority: { class: "be", level: 6 },
-      iops: { rate: 10, burst: 10 },
+      iops: { rate: 10, burst: 1 },
     });
     expect(sb.thread.tuning).toEqual({ ioPriority: { class: "be", level: 6 } });
     expect(getThreadIoPriority(sb.thread.tid)).toEqual({ class: "be", level: 6 });

@@ -88,7 +88,7 @@ describe("workerPciDevice", () => {
     expect(report).toMatchObject({
       id: "fill0",
       kind: "fill",
-      thread: { held: false, tuning: { iops: { rate: 1000, burst: 1000 } } },
+      thread: { held: false, tuning: { iops: { rate: 1000, burst: 100 } } },
       device: { served: 0, closed: false },
     });
     expect(report.thread.tid).toBeGreaterThan(0);
