@@ -310,6 +310,12 @@ try {
           }
           continue;
         }
+        if (vmm === "tskvm-io_uring" && format !== "raw") {
+          // tskvm refuses aio=io_uring for qcow2 (its cluster mapping is served synchronously).
+          if (run === 0)
+            emit({ format, vmm, run, ok: false, skipped: "aio=io_uring: raw images only", workloads: [] });
+          continue;
+        }
         if (vmm.startsWith("tskvm") && !hasDisk) {
           if (run === 0)
             emit({ format, vmm, run, ok: false, skipped: "tskvm run has no -d/--disk yet", workloads: [] });
