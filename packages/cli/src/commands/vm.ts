@@ -241,52 +241,52 @@ ${EXITS}`,
 
 const NO_OPTIONS = {} as const satisfies OptionSpecs;
 
-export const pause: Command = {
-  kind: "command",
-  summary: "pause a running VM: its vCPUs stop, its devices finish what is in flight and hold",
-  help: `Usage: tskvm pause NAME
+/** `tskvm pause|resume NAME`: one request, then a line saying it was done. */
+function stateVerb(
+  verb: "pause" | "resume",
+  summary: string,
+  text: string,
+  act: (c: ControlClient) => Promise<void>,
+): Command {
+  return {
+    kind: "command",
+    summary,
+    help: `Usage: tskvm ${verb} NAME
 
-Pauses VM NAME: its vCPUs stop, and its device workers finish the requests in
+${text}
+${SOCKETS}
+
+Options:
+  -h, --help  show this help
+
+${EXITS}`,
+    options: NO_OPTIONS,
+    async run(args, io) {
+      const { positionals } = parseCommandArgs(args, NO_OPTIONS, 1);
+      const name = vmName(positionals, `tskvm ${verb} NAME`);
+      await withClient(name, act);
+      io.stderr(`tskvm: ${name} ${verb}d\n`);
+      return ExitCode.ok;
+    },
+  };
+}
+
+export const pause: Command = stateVerb(
+  "pause",
+  "pause a running VM: its vCPUs stop, its devices finish what is in flight and hold",
+  `Pauses VM NAME: its vCPUs stop, and its device workers finish the requests in
 flight and take no new ones. The guest's clock stops as on QEMU's 'stop' and
-goes on from where it was on 'tskvm resume'. Pausing a paused VM is an error.
-${SOCKETS}
+goes on from where it was on 'tskvm resume'. Pausing a paused VM is an error.`,
+  (c) => c.pause(),
+);
 
-Options:
-  -h, --help  show this help
-
-${EXITS}`,
-  options: NO_OPTIONS,
-  async run(args, io) {
-    const { positionals } = parseCommandArgs(args, NO_OPTIONS, 1);
-    const name = vmName(positionals, "tskvm pause NAME");
-    await withClient(name, (c) => c.pause());
-    io.stderr(`tskvm: ${name} paused\n`);
-    return ExitCode.ok;
-  },
-};
-
-export const resume: Command = {
-  kind: "command",
-  summary: "resume a paused VM",
-  help: `Usage: tskvm resume NAME
-
-Resumes VM NAME after 'tskvm pause': its devices serve again and its vCPUs run.
-Resuming a VM that is not paused is an error.
-${SOCKETS}
-
-Options:
-  -h, --help  show this help
-
-${EXITS}`,
-  options: NO_OPTIONS,
-  async run(args, io) {
-    const { positionals } = parseCommandArgs(args, NO_OPTIONS, 1);
-    const name = vmName(positionals, "tskvm resume NAME");
-    await withClient(name, (c) => c.resume());
-    io.stderr(`tskvm: ${name} resumed\n`);
-    return ExitCode.ok;
-  },
-};
+export const resume: Command = stateVerb(
+  "resume",
+  "resume a paused VM",
+  `Resumes VM NAME after 'tskvm pause': its devices serve again and its vCPUs run.
+Resuming a VM that is not paused is an error.`,
+  (c) => c.resume(),
+);
 
 const STOP_OPTIONS = { timeout: { type: "string", short: "t" } } as const satisfies OptionSpecs;
 

@@ -74,11 +74,11 @@ export class MachineControlTarget implements ControlTarget {
   }
 
   async pause(): Promise<void> {
-    await this.#machineIn("pause", "running", "paused").pause();
+    await this.#machineIn("pause", "running").pause();
   }
 
   async resume(): Promise<void> {
-    await this.#machineIn("resume", "running", "paused").resume();
+    await this.#machineIn("resume", "paused").resume();
   }
 
   async stop(timeoutMs: number): Promise<{ forced: boolean }> {
