@@ -53,7 +53,7 @@ interface Manifest {
   homepage?: string;
   keywords?: string[];
   dependencies?: Record<string, string>;
-  exports?: Record<string, Record<string, string>>;
+  exports?: Record<string, Record<string, string> | string>;
 }
 
 const readManifest = (path: string): Manifest => JSON.parse(readFileSync(path, "utf8")) as Manifest;
@@ -213,6 +213,12 @@ describe("publish: each public package installs from its tarball with no compile
       expect(m.homepage).toMatch(/^https:\/\//);
       expect(m.keywords?.length).toBeGreaterThan(0);
       for (const [entry, conditions] of Object.entries(m.exports ?? {})) {
+        // A data file (cli's control-protocol JSON Schema): exported as a plain path, shipped.
+        if (typeof conditions === "string") {
+          expect(conditions, entry).toMatch(/\.json$/);
+          expect(existsSync(join(installed, conditions)), `${entry} in the tarball`).toBe(true);
+          continue;
+        }
         // `types` first so both import and require see it; `default` for require().
         expect(Object.keys(conditions)[0], entry).toBe("types");
         expect(conditions.default, entry).toBe(conditions.import);
