@@ -68,11 +68,18 @@ describe("thread I/O priority", () => {
     }
   });
 
-  it.runIf(root)("sets the rt class (as root)", async () => {
+  it("sets the rt class as root; refuses it with EPERM otherwise", async () => {
     const t = await idleThread();
     try {
-      setThreadIoPriority(t.tid, { class: "rt", level: 3 });
-      expect(getThreadIoPriority(t.tid)).toEqual({ class: "rt", level: 3 });
+      if (root) {
+        setThreadIoPriority(t.tid, { class: "rt", level: 3 });
+        expect(getThreadIoPriority(t.tid)).toEqual({ class: "rt", level: 3 });
+      } else {
+        expect(() => setThreadIoPriority(t.tid, { class: "rt", level: 3 })).toThrow(
+          expect.objectContaining({ operation: "ioprio_set", code: "EPERM" }),
+        );
+        expect(getThreadIoPriority(t.tid).class).not.toBe("rt");
+      }
     } finally {
       await t.end();
     }
