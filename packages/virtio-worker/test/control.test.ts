@@ -2,22 +2,17 @@
 // budget), pause / resume with requests in flight, thread tuning (ioprio, nice),
 // asynchronous stats. The fill test device and real worker threads, no KVM.
 import { getPriority } from "node:os";
-import { Worker } from "node:worker_threads";
-import { DeviceChannel, EventFd, GuestMemory, GuestRegion, getThreadIoPriority } from "@tskvm/kvm-core";
+import type { Worker } from "node:worker_threads";
+import { DeviceChannel, EventFd, getThreadIoPriority } from "@tskvm/kvm-core";
 import type { DeviceTuning } from "@tskvm/machine-x86";
-import { PciDriverTransport, VirtioDriverSimulator } from "@tskvm/virtio/testing";
-import { afterAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import {
-  ChannelPciFunction,
   DeviceRateLimiter,
   type DeviceWorkerHandle,
   SharedDeviceWorker,
-  startDeviceWorker,
   TokenBucket,
 } from "../dist/index.js";
-
-const FILL_DEVICE = new URL("./fixtures/fill-device.mjs", import.meta.url).href;
-const DRIVER = new URL("./fixtures/driver.mjs", import.meta.url);
+import { driveFill, mainThreadDriver, startFill } from "./fill-harness.js";
 
 interface FillData {
   byte: number;
@@ -30,10 +25,6 @@ interface FillStats {
   closed: boolean;
 }
 
-const region = GuestRegion.allocate(0, 64 << 20);
-const memory = new GuestMemory([region]);
-afterAll(() => region.release());
-
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function start(
@@ -41,15 +32,7 @@ function start(
   channel: DeviceChannel,
   more: { tuning?: DeviceTuning; thread?: SharedDeviceWorker } = {},
 ): DeviceWorkerHandle<{ byte: number }, FillStats> {
-  return startDeviceWorker<{ byte: number }, FillStats>({
-    module: FILL_DEVICE,
-    data,
-    name: `fill ${data.byte}`,
-    ...more,
-    memory: memory.describe(),
-    transport: "pci",
-    channel: channel.describe(),
-  });
+  return startFill<FillStats>(data, channel, more);
 }
 
 /** The driver worker on heap `heap`; its result words are [done, completed, bad]. */
@@ -58,35 +41,13 @@ function drive(
   channel: DeviceChannel,
   o: { count: number; depth: number; length: number; byte: number; heap: number },
 ): { worker: Worker; result: Int32Array; done: () => Promise<void> } {
-  const result = new Int32Array(new SharedArrayBuffer(12));
-  const worker = new Worker(DRIVER, {
-    workerData: {
-      ...o,
-      timeoutMs: 30_000,
-      memory: memory.describe(),
-      channel: channel.describe(),
-      notifyFd: handle.notifyEventFds[0]!.fd,
-      result: result.buffer,
-    },
-  });
+  const { worker, result } = driveFill(handle, channel, { ...o, timeoutMs: 30_000 });
   const done = async (): Promise<void> => {
     const deadline = Date.now() + 30_000;
     while (Atomics.load(result, 0) === 0 && Date.now() < deadline) await sleep(10);
     expect(Atomics.load(result, 0)).toBe(1);
   };
   return { worker, result, done };
-}
-
-function mainThreadDriver(
-  handle: DeviceWorkerHandle,
-  channel: DeviceChannel,
-  heap: number,
-): VirtioDriverSimulator {
-  const transport = new PciDriverTransport(new ChannelPciFunction(channel));
-  transport.notify = () => handle.notifyEventFds[0]!.write(1);
-  const sim = new VirtioDriverSimulator({ transport, memory, heap: { address: heap, size: 1 << 20 } });
-  sim.init({ queueSize: 16 });
-  return sim;
 }
 
 /** Requests the device answers per second, over `ms`. */

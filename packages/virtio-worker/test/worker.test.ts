@@ -1,20 +1,12 @@
 // The runtime with a test device (fixtures/fill-device.mjs) and no KVM: guest
 // RAM from GuestRegion.allocate, register accesses over a DeviceChannel, the
 // queue notify eventfd written by the driver as KVM would on an ioeventfd.
-import { Worker } from "node:worker_threads";
-import { DeviceChannel, GuestMemory, GuestRegion } from "@tskvm/kvm-core";
+import { DeviceChannel } from "@tskvm/kvm-core";
 import { DeviceStatus } from "@tskvm/virtio";
-import { PciDriverTransport, VirtioDriverSimulator } from "@tskvm/virtio/testing";
-import { afterAll, describe, expect, it } from "vitest";
-import {
-  ChannelPciFunction,
-  type DeviceWorkerHandle,
-  SharedDeviceWorker,
-  startDeviceWorker,
-} from "../dist/index.js";
-
-const FILL_DEVICE = new URL("./fixtures/fill-device.mjs", import.meta.url).href;
-const DRIVER = new URL("./fixtures/driver.mjs", import.meta.url);
+import type { VirtioDriverSimulator } from "@tskvm/virtio/testing";
+import { describe, expect, it } from "vitest";
+import { type DeviceWorkerHandle, SharedDeviceWorker, startDeviceWorker } from "../dist/index.js";
+import { driveFill, mainThreadDriver, memory, startFill } from "./fill-harness.js";
 
 interface FillData {
   byte: number;
@@ -27,59 +19,16 @@ interface FillStats {
   closed: boolean;
 }
 
-const region = GuestRegion.allocate(0, 64 << 20);
-const memory = new GuestMemory([region]);
-afterAll(() => region.release());
-
 function start(
   data: FillData,
   channel: DeviceChannel,
   thread?: SharedDeviceWorker,
   loop: { spinUs?: number; pollTimeoutMs?: number } = {},
 ): DeviceWorkerHandle<{ byte: number }, FillStats> {
-  return startDeviceWorker<{ byte: number }, FillStats>({
-    module: FILL_DEVICE,
-    data,
-    name: `fill ${data.byte}`,
-    ...(thread ? { thread } : {}),
-    ...loop,
-    memory: memory.describe(),
-    transport: "pci",
-    channel: channel.describe(),
-  });
+  return startFill<FillStats>(data, channel, { ...(thread ? { thread } : {}), ...loop });
 }
 
-/** Starts the driver worker on heap `heap`; its result words are [done, completed, bad]. */
-function drive(
-  handle: DeviceWorkerHandle,
-  channel: DeviceChannel,
-  o: { count: number; depth: number; length: number; byte: number; heap: number },
-): { worker: Worker; result: Int32Array } {
-  const result = new Int32Array(new SharedArrayBuffer(12));
-  const worker = new Worker(DRIVER, {
-    workerData: {
-      ...o,
-      memory: memory.describe(),
-      channel: channel.describe(),
-      notifyFd: handle.notifyEventFds[0]!.fd,
-      result: result.buffer,
-    },
-  });
-  return { worker, result };
-}
-
-/** A driver on this thread (every register access a synchronous channel call); memory at `heap`. */
-function mainThreadDriver(
-  handle: DeviceWorkerHandle,
-  channel: DeviceChannel,
-  heap: number,
-): VirtioDriverSimulator {
-  const transport = new PciDriverTransport(new ChannelPciFunction(channel));
-  transport.notify = () => handle.notifyEventFds[0]!.write(1);
-  const sim = new VirtioDriverSimulator({ transport, memory, heap: { address: heap, size: 1 << 20 } });
-  sim.init({ queueSize: 16 });
-  return sim;
-}
+const drive = driveFill;
 
 /** Posts one chain and waits until the device says DEVICE_NEEDS_RESET (or 5 s). */
 async function kickUntilNeedsReset(sim: VirtioDriverSimulator): Promise<void> {
