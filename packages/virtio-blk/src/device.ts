@@ -144,6 +144,17 @@ const KIND_FLUSH = 2;
 export const MAX_BATCH = 256;
 
 /**
+ * Chains one synchronous batch takes: its answers are published, and the driver interrupted if
+ * it asks, before the next batch is parsed, so the driver reaps and queues more while the device
+ * serves the rest. One interrupt after a whole run of requests left the guest idle while the
+ * device worked and the device idle while the guest reaped: in the sandbox's guest bench 4 gave
+ * +30–70% IOPS at depth 32 and +20% at 1 MiB depth 8 over 256; 8 and 16 gave less, and capping
+ * a batch's bytes (so each 1 MiB request is its own batch) doubled the exits per request.
+ * (kvmtool checks after every request.) The io_uring path answers as the disk completes.
+ */
+export const COMPLETION_BATCH = 4;
+
+/**
  * A batch stops taking chains once its IN / OUT data reaches this many bytes,
  * so the memory and time one batch holds stay bounded whatever the driver
  * queues (each request is itself at most seg_max × size_max bytes).
@@ -342,6 +353,12 @@ export class VirtioBlkDevice implements VirtioDevice {
         const n = this.#serveBatch(engine, active, budget - served, byteBudget, shouldStop);
         if (n === 0) break;
         served += n;
+        // Answered now, interrupt now (if the driver asks for it): the driver reaps and queues
+        // more while the next batch is served, instead of waiting for the whole run.
+        if (queue.needsNotification()) {
+          this.#stats.interrupts++;
+          ctx.interrupt.signalQueue(index);
+        }
       }
       // Drained: notifications are already on (this costs one read). Stopped early: turn them on
       // (a stopped worker must not leave the driver silenced) and say whether requests are left —
@@ -550,7 +567,7 @@ export class VirtioBlkDevice implements VirtioDevice {
     const valid = this.#valid;
     const submitted = this.#submitted;
     const aq = this.#inline?.aq;
-    const max = Math.min(limit, MAX_BATCH, aq ? this.#freeCount : MAX_BATCH);
+    const max = Math.min(limit, aq ? MAX_BATCH : COMPLETION_BATCH, aq ? this.#freeCount : MAX_BATCH);
     if (max === 0) {
       this.#deferred[active.index] = true;
       return 0;

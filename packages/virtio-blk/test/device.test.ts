@@ -15,6 +15,7 @@ import {
 } from "@tskvm/virtio";
 import { writeDescriptor } from "@tskvm/virtio/testing";
 import { afterEach, describe, expect, it } from "vitest";
+import { COMPLETION_BATCH } from "../src/device.js";
 import {
   BlkConfigOffset,
   GuestViewCache,
@@ -599,10 +600,33 @@ describe("batched disk I/O", () => {
       [undefined, 0],
       [VIRTIO_BLK_S_OK, 513],
     ]);
-    expect(log).toEqual(["readvBatch(3)"]);
+    // The first batch holds COMPLETION_BATCH (4) chains: two valid reads go to the disk together;
+    // the fifth chain is the next batch, alone.
+    expect(log).toEqual(["readvBatch(2)", "readv"]);
     expect(same(done[0]!.data, sectorBytes(r, 1, 512))).toBe(true);
     expect(same(done[4]!.data, sectorBytes(r, 3, 512))).toBe(true);
     expect(r.device.stats).toMatchObject({ reads: 2, ioErrors: 1, rejected: 1, failed: 1, completed: 4 });
+  });
+
+  it("publishes and interrupts after every batch of COMPLETION_BATCH chains, not once after the whole run", () => {
+    // Without EVENT_IDX the driver asks for an interrupt after every used entry.
+    const r = rig({ features: VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_FLUSH });
+    const n = 2 * COMPLETION_BATCH + 1;
+    const answeredAtInterrupt: number[] = [];
+    const signal = r.irq.signalVector.bind(r.irq);
+    r.irq.signalVector = (vector) => {
+      answeredAtInterrupt.push(r.device.served);
+      signal(vector);
+    };
+    const heads = Array.from({ length: n }, (_, i) =>
+      r.driver.submit([{ data: header(VIRTIO_BLK_T_IN, i) }, { length: 512 }, { length: 1 }]),
+    );
+    r.driver.kick();
+    const done = r.driver.reap();
+    expect(done.map((c) => c.head)).toEqual(heads);
+    expect(done.every((c) => c.status === VIRTIO_BLK_S_OK)).toBe(true);
+    // The driver heard of the first batch while the rest were still to be served.
+    expect(answeredAtInterrupt).toEqual([COMPLETION_BATCH, 2 * COMPLETION_BATCH, n]);
   });
 
   it("without batch methods (e.g. qcow2) every request goes alone, same answers", () => {
