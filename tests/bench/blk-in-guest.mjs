@@ -13,7 +13,7 @@
 // `qemu-img convert` of the filled raw image (so every cluster is allocated). All
 // VMMs of one format use the same image file.
 import { spawn, spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -27,6 +27,7 @@ const [
   vmmsArg = "tskvm,qemu,qemu-iothread",
   runsArg = "1",
   lkvm = "-",
+  exitsArg = "",
 ] = process.argv.slice(2);
 if (!kernel || !initrd) {
   console.error("usage: blk-in-guest.mjs KERNEL INITRD [FORMATS] [SECONDS] [VMMS] [RUNS] [LKVM|-]");
@@ -49,10 +50,92 @@ const cli = join(root, "packages/cli/dist/main.js");
 const work = process.env.SANDBOX_WORK ?? mkdtempSync(join(tmpdir(), "tskvm-blkbench-"));
 const ownWork = !process.env.SANDBOX_WORK;
 
+/**
+ * VM exits per workload, counted by the host kernel (where the script runs as root with
+ * tracefs, as in the sandbox): a hist trigger on kvm:kvm_exit keyed by exit reason (and one
+ * on kvm:kvm_msr by MSR), read when the guest prints the workloads' begin and each result —
+ * the same count for every VMM, whatever it reports itself.
+ */
+function tracing() {
+  const find = () =>
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"].find((d) =>
+      existsSync(`${d}/events/kvm/kvm_exit/trigger`),
+    );
+  if (exitsArg !== "exits" || find()) return find();
+  // The sandbox's init mounts neither tracefs nor debugfs.
+  spawnSync("mount", ["-t", "tracefs", "nodev", "/sys/kernel/tracing"]);
+  return find();
+}
+const TRACING = tracing();
+const countExits = exitsArg === "exits" && TRACING !== undefined;
+const HISTS = { exit: ["kvm_exit", "exit_reason"], msr: ["kvm_msr", "ecx,write"] };
+// Exit codes by vendor (AMD APM vol. 2 app. C; Intel SDM vol. 3 app. C), the ones a disk bench meets.
+const EXIT_NAMES = existsSync("/sys/module/kvm_amd")
+  ? { 96: "intr", 97: "nmi", 100: "vintr", 120: "hlt", 123: "io", 124: "msr", 1024: "npf" }
+  : { 1: "intr", 7: "vintr", 12: "hlt", 30: "io", 31: "rdmsr", 32: "wrmsr", 48: "ept", 49: "ept-misconfig" };
+// x2APIC registers as MSRs (0x800 + offset / 16).
+const MSR_NAMES = { 2059: "x2apic-eoi", 2096: "x2apic-icr", 2104: "x2apic-timer", 1760: "tsc-deadline" };
+function histKey(name, key) {
+  if (name === "exit") {
+    const code = Number(/exit_reason:\s*(\d+)/.exec(key)?.[1]);
+    return EXIT_NAMES[code] ?? `exit ${code}`;
+  }
+  const m = /ecx:\s*(\d+), write:\s*(\d+)/.exec(key);
+  if (!m) return key;
+  const msr = Number(m[1]);
+  return `${m[2] === "1" ? "write" : "read"} ${MSR_NAMES[msr] ?? `0x${msr.toString(16)}`}`;
+}
+function histReset() {
+  for (const [event, keys] of Object.values(HISTS)) {
+    const trigger = `${TRACING}/events/kvm/${event}/trigger`;
+    try {
+      writeFileSync(trigger, `!hist:keys=${keys}`);
+    } catch {
+      // none yet
+    }
+    writeFileSync(trigger, `hist:keys=${keys}:size=256`);
+  }
+}
+function histRead() {
+  const out = {};
+  for (const [name, [event]] of Object.entries(HISTS)) {
+    const counts = {};
+    for (const m of readFileSync(`${TRACING}/events/kvm/${event}/hist`, "utf8").matchAll(
+      /^\{ (.*?) \} hitcount:\s+(\d+)/gm,
+    ))
+      counts[histKey(name, m[1])] = (counts[histKey(name, m[1])] ?? 0) + Number(m[2]);
+    out[name] = counts;
+  }
+  return out;
+}
+const histDelta = (a, b) =>
+  Object.fromEntries(
+    Object.entries(b).map(([name, counts]) => [
+      name,
+      Object.fromEntries(
+        Object.entries(counts)
+          .map(([k, v]) => [k, v - (a[name]?.[k] ?? 0)])
+          .filter(([, v]) => v > 0),
+      ),
+    ]),
+  );
+
 const log = (line) => process.stderr.write(`[blk-in-guest] ${line}\n`);
+if (exitsArg === "exits")
+  log(
+    countExits
+      ? `counting VM exits per workload (${TRACING})`
+      : "cannot count VM exits: no tracefs with kvm events",
+  );
 const emit = (row) => process.stdout.write(`@@RESULT ${JSON.stringify(row)}\n`);
 
-const cmd = `/blkbench -t ${seconds} /dev/vda`;
+// First the guest's timer, clock and APIC mode (they decide which exits a request costs: e.g.
+// kvmtool's guest keeps the xAPIC, so its timer writes are MMIO exits, not MSR writes).
+const cmd =
+  'echo "@@GUEST-TIMER clockevent=$(cat /sys/devices/system/clockevents/clockevent0/current_device)' +
+  " clocksource=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)" +
+  ' apic=$(dmesg | grep -q "x2apic enabled" && echo x2apic || echo xapic)"; ' +
+  `/blkbench -t ${seconds} /dev/vda`;
 // `quiet`: the boot's console chatter goes through an emulated UART (slow in the sandbox)
 // and is not what is measured.
 const cmdParam = `quiet tskvm.cmd64=${Buffer.from(cmd).toString("base64")}`;
@@ -167,6 +250,10 @@ function boot(argv, { watch = false } = {}) {
       peakRssKiB = readHwmKiB(p.pid) ?? peakRssKiB;
     }, 200);
     let closed = false;
+    // Exits per workload: a snapshot at the begin line and at each result line.
+    const exitSnaps = [];
+    let seenLines = 0;
+    if (countExits) histReset();
     const stopWatch = watch ? watchStats(() => !closed) : undefined;
     const hang = (why) => () => {
       timedOut = why;
@@ -176,6 +263,13 @@ function boot(argv, { watch = false } = {}) {
     let silence = setTimeout(hang(`console silent for ${SILENCE_MS / 1000} s`), SILENCE_MS);
     p.stdout.on("data", (d) => {
       out += d;
+      if (countExits) {
+        const lines = out.split("\n");
+        for (; seenLines < lines.length - 1; seenLines++) {
+          const l = lines[seenLines].trim();
+          if (l.startsWith('{"begin"') || l.startsWith('{"workload"')) exitSnaps.push(histRead());
+        }
+      }
       clearTimeout(silence);
       silence = setTimeout(hang(`console silent for ${SILENCE_MS / 1000} s`), SILENCE_MS);
       // Read once more right at the end of the guest's command: the VMM is at its peak.
@@ -201,6 +295,9 @@ function boot(argv, { watch = false } = {}) {
         timedOut,
         out,
         err,
+        ...(exitSnaps.length > 1
+          ? { exitsPerWorkload: exitSnaps.slice(1).map((snap, i) => histDelta(exitSnaps[i], snap)) }
+          : {}),
         ...(statSamples !== undefined ? { statSamples } : {}),
       });
     });
@@ -258,6 +355,8 @@ async function runOne(format, vmm, image) {
       wallMs: r.wallMs,
       peakRssKiB: r.peakRssKiB,
       ...(r.statSamples !== undefined ? { statSamples: r.statSamples } : {}),
+      ...(r.exitsPerWorkload ? { exitsPerWorkload: r.exitsPerWorkload } : {}),
+      guestTimer: /@@GUEST-TIMER (.*)/.exec(r.out)?.[1]?.trim(),
       code: r.code,
       status: p.status,
       ...(retried ? { retried } : {}),

@@ -8,7 +8,9 @@
 //
 // Environment: TSKVM_BENCH_BLK_FORMATS (raw; comma list of raw, qcow2), TSKVM_BENCH_BLK_SECONDS
 // (3, per workload), TSKVM_BENCH_BLK_VMMS (tskvm,tskvm-io_uring,tskvm-poll,tskvm-stat,kvmtool,kvmtool-noaio,qemu,qemu-iothread), TSKVM_BENCH_BLK_RUNS (1;
-// more runs, round-robin, give medians: the sandbox is noisy), TSKVM_BENCH_BLK_JSON
+// more runs, round-robin, give medians: the sandbox is noisy), TSKVM_BENCH_BLK_EXITS (1: count
+// the VM exits of each workload in the host kernel, kvm:kvm_exit, and print them per request —
+// needs root and tracefs, as in the sandbox), TSKVM_BENCH_BLK_JSON
 // (where the rows go; default bench/results/blk-DATE.json), TSKVM_E2E_TARGET (host|sandbox).
 //
 // blkbench.c is compiled static with gcc and appended, as a second gzip'd cpio archive,
@@ -42,7 +44,16 @@ const script = join(here, "blk-in-guest.mjs");
 const perRunMs = 180_000 + 10_000 * seconds;
 const { results: rows, log } = await runOnTarget(
   script,
-  [kit.kernel, initrd, formats.join(","), String(seconds), vmms.join(","), String(runs), peer.lkvm ?? "-"],
+  [
+    kit.kernel,
+    initrd,
+    formats.join(","),
+    String(seconds),
+    vmms.join(","),
+    String(runs),
+    peer.lkvm ?? "-",
+    process.env.TSKVM_BENCH_BLK_EXITS ? "exits" : "",
+  ],
   { timeoutMs: 5 * 60_000 + runs * formats.length * vmms.length * 2 * perRunMs },
 );
 
@@ -101,6 +112,41 @@ for (const format of formats) {
         `${fmt(median(ok[v].map((r) => r.wallMs / 1000)), 1)} | ${ok[v].length}/${rs.filter((r) => !r.skipped).length} | ${notes.join("; ")} |`,
     );
   }
+}
+
+// VM exits per request, by reason, as the host kernel counted them (TSKVM_BENCH_BLK_EXITS=1).
+for (const format of formats) {
+  const traced = vmms.filter((v) =>
+    rows.some((r) => r.ok && r.format === format && r.vmm === v && r.exitsPerWorkload),
+  );
+  if (!traced.length) continue;
+  console.log(`\n${format}: VM exits per request (kvm:kvm_exit in the host kernel; the main reasons)\n`);
+  console.log(`| workload | ${traced.map((v) => names[v] ?? v).join(" | ")} |`);
+  console.log(`|---|${traced.map(() => "---|").join("")}`);
+  const labels = [
+    ...new Set(rows.filter((r) => r.ok && r.format === format).flatMap((r) => r.workloads.map(label))),
+  ];
+  for (const l of labels) {
+    const cells = traced.map((v) => {
+      // The first run of this VMM with counts (exits vary little between runs; IOPS do).
+      const r = rows.find((x) => x.ok && x.format === format && x.vmm === v && x.exitsPerWorkload);
+      const i = r.workloads.findIndex((w) => label(w) === l);
+      const exits = r.exitsPerWorkload[i]?.exit;
+      const ops = r.workloads[i]?.ops;
+      if (!exits || !ops) return "–";
+      const total = Object.values(exits).reduce((a, b) => a + b, 0);
+      const top = Object.entries(exits)
+        .sort((a, b) => b[1] - a[1])
+        .slice(0, 4)
+        .map(([k, n]) => `${k} ${fmt(n / ops, 2)}`);
+      return `**${fmt(total / ops, 2)}** (${top.join(", ")})`;
+    });
+    console.log(`| ${l} | ${cells.join(" | ")} |`);
+  }
+  const timers = traced
+    .map((v) => [v, rows.find((x) => x.format === format && x.vmm === v && x.guestTimer)?.guestTimer])
+    .filter(([, t]) => t);
+  for (const [v, t] of timers) console.log(`${names[v] ?? v}'s guest: ${t}`);
 }
 
 // What watching costs: the same tskvm with and without `tskvm stat --watch` beside it.

@@ -232,6 +232,9 @@ int main(int argc, char **argv) {
   } else {
     devsize = (uint64_t)st.st_size; /* a regular file, for testing on a host */
   }
+  /* The host marks where the workloads begin (e.g. to count VM exits per workload). */
+  printf("{\"begin\":true}\n");
+  fflush(stdout);
   if (optind == argc) {
     for (int i = 0; i < N_DEFAULT; i++) run(fd, devsize, &WORKLOADS[i], seconds, budget);
   } else {
