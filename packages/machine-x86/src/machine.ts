@@ -6,6 +6,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { Readable, Writable } from "node:stream";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import {
+  Cap,
   type CpuidEntry,
   EventFd,
   Kvm,
@@ -658,6 +659,8 @@ export class Machine {
     for (const a of this.#attach) a.attach(vm, a.info);
 
     const msrs = kvm.msrIndexList();
+    // The LAPIC is always KVM's (KVM_CREATE_IRQCHIP), so its TSC-deadline mode is there to offer.
+    const tscDeadlineTimer = kvm.checkExtension(Cap.TSC_DEADLINE_TIMER) > 0;
     for (let id = 0; id < this.cpus; id++) {
       const vcpu = vm.createVcpu(id);
       this.#vcpus.push(vcpu);
@@ -668,7 +671,7 @@ export class Machine {
         this.#kvmStats[id] = undefined; // stats are a report, never a reason not to run
       }
       setupVcpu(vcpu, {
-        cpuid: buildCpuid(supported, { vcpuId: id, cpus: this.cpus }),
+        cpuid: buildCpuid(supported, { vcpuId: id, cpus: this.cpus, tscDeadlineTimer }),
         supportedMsrs: msrs,
         entry:
           id === 0

@@ -68,6 +68,19 @@ describe("per-vCPU CPUID", () => {
     expect(findCpuid(buildCpuid(intel, { vcpuId: 0, cpus: 1 }), 1)!.edx & CpuidBit.HTT).toBe(0);
   });
 
+  it("offers the TSC-deadline timer only when asked (KVM's supported list leaves it clear)", () => {
+    for (const list of [intel, amd]) {
+      const supported = list.map((x) =>
+        x.function === 1 ? { ...x, ecx: (x.ecx & ~CpuidBit.TSC_DEADLINE_TIMER) >>> 0 } : x,
+      );
+      const plain = findCpuid(buildCpuid(supported, { vcpuId: 0, cpus: 1 }), 1)!;
+      const asked = findCpuid(buildCpuid(supported, { vcpuId: 0, cpus: 1, tscDeadlineTimer: true }), 1)!;
+      expect(plain.ecx & CpuidBit.TSC_DEADLINE_TIMER).toBe(0);
+      expect(asked.ecx >>> 0).toBe((plain.ecx | CpuidBit.TSC_DEADLINE_TIMER) >>> 0);
+      expect(asked.ecx & CpuidBit.HYPERVISOR).not.toBe(0);
+    }
+  });
+
   it("describes the topology in leaf 0xb: one thread per core, cpus cores", () => {
     const c = buildCpuid(intel, { vcpuId: 5, cpus: 6 });
     const smt = findCpuid(c, 0xb, 0)!;

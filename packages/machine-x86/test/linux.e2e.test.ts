@@ -105,6 +105,8 @@ describe(`Linux on machine-x86 (${where})`, () => {
     expect(r.command!.status).toBe(3);
     expect(r.command!.output).toMatch(/^hello from \d+\.\d+\.\d+/);
     expect(r.command!.output).toMatch(/^1$/m);
+    // The TSC-deadline timer the machine offers where KVM has it (every kvm_intel / kvm_amd).
+    expect(r.command!.output).toMatch(/^lapic-deadline$/m);
     expect(r.exit.reason, show(r)).toBe("poweroff");
     expect(r.exit.detail).toMatch(/System halted|Power down/);
     expect(r.initMs).toBeGreaterThan(0);

@@ -6,6 +6,8 @@ import { CPUID_FLAG_SIGNIFICANT_INDEX, type CpuidEntry } from "@tskvm/kvm-core";
 export const CpuidBit = {
   /** Leaf 1 ECX: running under a hypervisor. */
   HYPERVISOR: 1 << 31,
+  /** Leaf 1 ECX: the LAPIC timer's TSC-deadline mode (MSR 0x6e0). */
+  TSC_DEADLINE_TIMER: 1 << 24,
   /** Leaf 1 EDX: EBX[23:16] holds the logical processor count. */
   HTT: 1 << 28,
   /** Leaf 0x80000001 ECX: leaf 0x8000001e topology extensions (AMD). */
@@ -19,6 +21,13 @@ export interface CpuTopology {
   vcpuId: number;
   /** vCPUs in the machine, as cores of one package. */
   cpus: number;
+  /**
+   * Offer the TSC-deadline timer (leaf 1 ECX[24]). KVM's in-kernel LAPIC emulates it but
+   * KVM_GET_SUPPORTED_CPUID leaves the bit clear: the VMM sets it where KVM_CAP_TSC_DEADLINE_TIMER
+   * says so and the LAPIC is in the kernel (the KVM API document; QEMU and Firecracker do).
+   * One MSR write then arms the guest's timer, where the one-shot mode costs more exits.
+   */
+  tscDeadlineTimer?: boolean;
 }
 
 function regString(...regs: number[]): string {
@@ -60,7 +69,7 @@ function extendedTopology(fn: number, t: CpuTopology): CpuidEntry[] {
 
 /**
  * This vCPU's CPUID from KVM_GET_SUPPORTED_CPUID: leaf 1 gets the APIC id (EBX[31:24]),
- * the processor count and the hypervisor bit; leaves 4, 0xb, 0x1f (Intel) and
+ * the processor count, the hypervisor bit and, if asked, the TSC-deadline timer; leaves 4, 0xb, 0x1f (Intel) and
  * 0x80000008, 0x8000001d, 0x8000001e (AMD) describe `cpus` cores of one thread each.
  * KVM's own signature leaves (0x40000000...) pass through as supported.
  */
@@ -79,6 +88,7 @@ export function buildCpuid(supported: readonly CpuidEntry[], t: CpuTopology): Cp
       case 0x1:
         e.ebx = ((e.ebx & 0x0000ffff) | ((t.cpus & 0xff) << 16) | ((t.vcpuId & 0xff) << 24)) >>> 0;
         e.ecx = (e.ecx | CpuidBit.HYPERVISOR) >>> 0;
+        if (t.tscDeadlineTimer) e.ecx = (e.ecx | CpuidBit.TSC_DEADLINE_TIMER) >>> 0;
         e.edx = (t.cpus > 1 ? e.edx | CpuidBit.HTT : e.edx & ~CpuidBit.HTT) >>> 0;
         break;
       case 0x4:
