@@ -22,8 +22,8 @@
 //   write; not its sleeps in poll), against preadv's wall time.
 // - "end to end": ÷ the wall time as the driver worker sees it (notify
 //   eventfd → worker poll → … → irqfd → driver wake-up → reap and refill).
-//   The driver is interrupt-driven, so the two threads mostly take turns: a
-//   batch of `depth` requests, one interrupt, the driver refills, one kick.
+//   The driver is interrupt-driven: the device answers in batches of 4 and
+//   interrupts when the driver asks; the driver reaps, refills, kicks once.
 //   Thread wake-ups dominate at depth 1.
 // The inline row serves the queue on this thread (no eventfds, no thread
 // hops), driven by a few ring writes per request; its CPU figure is this
