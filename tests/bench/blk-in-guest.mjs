@@ -57,17 +57,17 @@ const ownWork = !process.env.SANDBOX_WORK;
  * the same count for every VMM, whatever it reports itself.
  */
 function tracing() {
+  if (exitsArg !== "exits") return undefined;
   const find = () =>
     ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"].find((d) =>
       existsSync(`${d}/events/kvm/kvm_exit/trigger`),
     );
-  if (exitsArg !== "exits" || find()) return find();
   // The sandbox's init mounts neither tracefs nor debugfs.
-  spawnSync("mount", ["-t", "tracefs", "nodev", "/sys/kernel/tracing"]);
+  if (!find()) spawnSync("mount", ["-t", "tracefs", "nodev", "/sys/kernel/tracing"]);
   return find();
 }
 const TRACING = tracing();
-const countExits = exitsArg === "exits" && TRACING !== undefined;
+const countExits = TRACING !== undefined;
 const HISTS = { exit: ["kvm_exit", "exit_reason"], msr: ["kvm_msr", "ecx,write"] };
 // Exit codes by vendor (AMD APM vol. 2 app. C; Intel SDM vol. 3 app. C), the ones a disk bench meets.
 const EXIT_NAMES = existsSync("/sys/module/kvm_amd")
@@ -102,8 +102,10 @@ function histRead() {
     const counts = {};
     for (const m of readFileSync(`${TRACING}/events/kvm/${event}/hist`, "utf8").matchAll(
       /^\{ (.*?) \} hitcount:\s+(\d+)/gm,
-    ))
-      counts[histKey(name, m[1])] = (counts[histKey(name, m[1])] ?? 0) + Number(m[2]);
+    )) {
+      const key = histKey(name, m[1]);
+      counts[key] = (counts[key] ?? 0) + Number(m[2]);
+    }
     out[name] = counts;
   }
   return out;
@@ -252,7 +254,7 @@ function boot(argv, { watch = false } = {}) {
     let closed = false;
     // Exits per workload: a snapshot at the begin line and at each result line.
     const exitSnaps = [];
-    let seenLines = 0;
+    let scanned = 0; // out[0, scanned) has been looked at, line by line
     if (countExits) histReset();
     const stopWatch = watch ? watchStats(() => !closed) : undefined;
     const hang = (why) => () => {
@@ -263,12 +265,11 @@ function boot(argv, { watch = false } = {}) {
     let silence = setTimeout(hang(`console silent for ${SILENCE_MS / 1000} s`), SILENCE_MS);
     p.stdout.on("data", (d) => {
       out += d;
-      if (countExits) {
-        const lines = out.split("\n");
-        for (; seenLines < lines.length - 1; seenLines++) {
-          const l = lines[seenLines].trim();
-          if (l.startsWith('{"begin"') || l.startsWith('{"workload"')) exitSnaps.push(histRead());
-        }
+      // Only the lines completed by this chunk: a snapshot right when the line arrives.
+      for (let nl = out.indexOf("\n", scanned); countExits && nl >= 0; nl = out.indexOf("\n", scanned)) {
+        const l = out.slice(scanned, nl).trim();
+        scanned = nl + 1;
+        if (l.startsWith('{"begin"') || l.startsWith('{"workload"')) exitSnaps.push(histRead());
       }
       clearTimeout(silence);
       silence = setTimeout(hang(`console silent for ${SILENCE_MS / 1000} s`), SILENCE_MS);

@@ -69,6 +69,8 @@ const names = {
   "qemu-iothread": "QEMU+iothread",
 };
 const label = (w) => `${w.workload} ${w.bs >= 1 << 20 ? `${w.bs >> 20}M` : `${w.bs >> 10}k`} qd${w.depth}`;
+/** The workloads of `rs`, labelled, in the order they first appear. */
+const labelsOf = (rs) => [...new Set(rs.flatMap((r) => r.workloads.map(label)))];
 
 console.log(`\nguest block I/O (${target.kind}: ${target.reason})`);
 console.log(
@@ -81,9 +83,7 @@ for (const format of formats) {
     vmms.map((v) => [v, rows.filter((r) => r.format === format && r.vmm === v)]),
   );
   const ok = Object.fromEntries(vmms.map((v) => [v, all[v].filter((r) => r.ok)]));
-  const labels = [];
-  for (const v of vmms)
-    for (const r of ok[v]) for (const w of r.workloads) if (!labels.includes(label(w))) labels.push(label(w));
+  const labels = labelsOf(vmms.flatMap((v) => ok[v]));
   console.log(`\n${format} image\n`);
   console.log(
     `| workload | ${vmms.map((v) => `${names[v] ?? v} MB/s | ${names[v] ?? v} IOPS`).join(" | ")} |`,
@@ -123,9 +123,7 @@ for (const format of formats) {
   console.log(`\n${format}: VM exits per request (kvm:kvm_exit in the host kernel; the main reasons)\n`);
   console.log(`| workload | ${traced.map((v) => names[v] ?? v).join(" | ")} |`);
   console.log(`|---|${traced.map(() => "---|").join("")}`);
-  const labels = [
-    ...new Set(rows.filter((r) => r.ok && r.format === format).flatMap((r) => r.workloads.map(label))),
-  ];
+  const labels = labelsOf(rows.filter((r) => r.ok && r.format === format));
   for (const l of labels) {
     const cells = traced.map((v) => {
       // The first run of this VMM with counts (exits vary little between runs; IOPS do).
@@ -158,7 +156,7 @@ for (const format of formats) {
   console.log(`\n${format}: tskvm with \`tskvm stat --watch\` running ÷ without (${samples} samples read)\n`);
   console.log("| workload | IOPS ratio |");
   console.log("|---|---:|");
-  const labels = [...new Set(base.flatMap((r) => r.workloads.map(label)))];
+  const labels = labelsOf(base);
   for (const l of labels) {
     const iops = (rs) =>
       median(rs.flatMap((r) => r.workloads.filter((w) => label(w) === l).map((w) => w.iops)));
