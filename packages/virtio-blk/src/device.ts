@@ -355,10 +355,7 @@ export class VirtioBlkDevice implements VirtioDevice {
         served += n;
         // Answered now, interrupt now (if the driver asks for it): the driver reaps and queues
         // more while the next batch is served, instead of waiting for the whole run.
-        if (queue.needsNotification()) {
-          this.#stats.interrupts++;
-          ctx.interrupt.signalQueue(index);
-        }
+        this.#interruptIfAsked(ctx, active);
       }
       // Drained: notifications are already on (this costs one read). Stopped early: turn them on
       // (a stopped worker must not leave the driver silenced) and say whether requests are left —
@@ -372,15 +369,20 @@ export class VirtioBlkDevice implements VirtioDevice {
     }
     try {
       if (served > 0) this.#stats.batches++;
-      if (queue.needsNotification()) {
-        this.#stats.interrupts++;
-        ctx.interrupt.signalQueue(index);
-      }
+      // Answers a batch completed before an error (the loop above did not get to them).
+      this.#interruptIfAsked(ctx, active);
     } catch (e) {
       ctx.needsReset(e instanceof Error ? e : new Error(String(e)));
     }
     this.#stats.serviceMs += performance.now() - started;
     return more;
+  }
+
+  /** Interrupts the driver for the used entries added to `active` if it asks for one (§2.7.10), counted. */
+  #interruptIfAsked(ctx: ActivateContext, active: ActiveQueue): void {
+    if (!active.queue.needsNotification()) return;
+    this.#stats.interrupts++;
+    ctx.interrupt.signalQueue(active.index);
   }
 
   /** IN / OUT data bytes taken by the current {@link processQueue} call. */
@@ -511,10 +513,7 @@ export class VirtioBlkDevice implements VirtioDevice {
       }
       if (!ctx) return;
       for (const active of ctx.queues) {
-        if ((signal & (1 << active.index)) !== 0 && active.queue.needsNotification()) {
-          st.interrupts++;
-          ctx.interrupt.signalQueue(active.index);
-        }
+        if ((signal & (1 << active.index)) !== 0) this.#interruptIfAsked(ctx, active);
         if (resume && this.#deferred[active.index] && this.#freeCount > 0) {
           this.#deferred[active.index] = false;
           this.processQueue(active.index);
