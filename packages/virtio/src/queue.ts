@@ -414,15 +414,18 @@ export class Queue {
   }
 
   /**
-   * Tells the driver not to notify (VIRTQ_USED_F_NO_NOTIFY, or with EVENT_IDX
-   * stop moving `avail_event`). {@link popOrEnableNotification} does this by
-   * itself; a driver may still notify (the flag is only a hint, and
-   * `avail_event` may already lie ahead).
+   * Tells the driver not to notify: VIRTQ_USED_F_NO_NOTIFY, or with EVENT_IDX
+   * `avail_event` put just behind `nextAvail`, where the driver's index, which
+   * only moves forward from there, does not cross it again until it wraps
+   * (leaving it at `nextAvail` would still cost the next chain a kick — the
+   * one a device polling the ring wants to spare). {@link popOrEnableNotification}
+   * does this by itself; a driver may still notify (both are only hints).
    */
   disableNotification(): void {
     this.#notifications = false;
     this.#armed = false;
-    if (!this.eventIdx) this.#used.setU16(0, this.#used.u16(0) | VIRTQ_USED_F_NO_NOTIFY);
+    if (this.eventIdx) this.#used.setU16(4 + 8 * this.size, (this.#nextAvail - 1) & 0xffff);
+    else this.#used.setU16(0, this.#used.u16(0) | VIRTQ_USED_F_NO_NOTIFY);
   }
 }
 

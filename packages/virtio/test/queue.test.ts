@@ -341,14 +341,25 @@ describe("Queue: notification suppression", () => {
     ev.queue.pop();
     expect(ev.queue.availEvent()).toBe(1);
     ev.queue.disableNotification();
+    expect(ev.queue.availEvent()).toBe(0); // just behind nextAvail
     ev.driver.submit({ readable: [bytes(2)] });
-    expect(ev.driver.kickIfNeeded()).toBe(true); // avail_event 1 is in [1, 2)
+    expect(ev.driver.kickIfNeeded()).toBe(false); // 0 is not in [1, 2)
     ev.queue.pop();
-    expect(ev.queue.availEvent()).toBe(1); // not moved while disabled
+    expect(ev.queue.availEvent()).toBe(0); // not moved while disabled
     ev.driver.submit({ readable: [bytes(3)] });
-    expect(ev.driver.kickIfNeeded()).toBe(false); // 1 is not in [2, 3)
+    expect(ev.driver.kickIfNeeded()).toBe(false); // 0 is not in [2, 3)
     expect(ev.queue.enableNotification()).toBe(true); // work pending: the device must look again
     expect(ev.queue.availEvent()).toBe(2);
+    ev.queue.pop();
+    ev.driver.submit({ readable: [bytes(4)] });
+    expect(ev.driver.kickIfNeeded()).toBe(true); // asked again: 3 is in [3, 4)
+
+    // Behind index 0 is 65535: silenced across the wrap as well.
+    const fresh = setup(16, true);
+    fresh.queue.disableNotification();
+    expect(fresh.queue.availEvent()).toBe(65535);
+    for (let i = 0; i < 16; i++) fresh.driver.submit({ readable: [bytes(i)] });
+    expect(fresh.driver.kickIfNeeded()).toBe(false);
 
     const plain = setup();
     plain.queue.disableNotification();
