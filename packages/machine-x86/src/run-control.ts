@@ -46,6 +46,11 @@ export interface DeviceThreadStats {
   held: boolean;
   /** The tuning in force. */
   tuning: DeviceTuning;
+  /**
+   * Adaptive polling of the device's rings after it answers (absent where the runtime does not
+   * poll): the longest window and the one in force now, µs; `maxUs` 0 is off.
+   */
+  poll?: { maxUs: number; windowUs: number };
 }
 
 /** One device's report: its thread's counters and the device's own (plain JSON). */

@@ -36,6 +36,7 @@ import {
   VirtioPciTransport,
 } from "@tskvm/virtio";
 import { StateBoard } from "./board.js";
+import { PollWindow } from "./poll-window.js";
 import { MMIO_SPACE, PCI_CONFIG_SPACE } from "./channel.js";
 import type { DeviceModule, ServedDevice } from "./module.js";
 import {
@@ -196,7 +197,15 @@ class Slot {
   #remoteQueues: ActiveQueue[] = [];
   #remoteBroken = false;
   #guardReported = false;
+  /** When the device last answered a request (performance.now()). */
   lastWork = Number.NEGATIVE_INFINITY;
+  /** How long after answering the loop keeps looking at the rings (adaptive polling). */
+  readonly #pollWindow: PollWindow;
+  /**
+   * Per queue: the queue the loop silenced (notifications off) while it polls the ring, until the
+   * window closes. Kept as the object so a queue reset meanwhile is never written to.
+   */
+  readonly #silenced: (Queue | undefined)[];
 
   constructor(d: DeviceSlotData, served: ServedDevice, memory: GuestMemoryAccess) {
     this.data = d;
@@ -210,6 +219,9 @@ class Slot {
     this.pending = this.#notify.map(() => false);
     this.#retryAt = this.#notify.map(() => 0);
     this.#limitAt = this.#notify.map(() => 0);
+    this.#silenced = this.#notify.map(() => undefined);
+    // Only a device that can say whether its rings hold requests is polled.
+    this.#pollWindow = new PollWindow(served.pendingRequests ? data.spinUs / 1000 : 0);
     this.#irqfds = d.irqfds.map((fd) => EventFd.fromFd(fd, true));
     this.#intx = d.intxFd !== undefined ? EventFd.fromFd(d.intxFd, true) : undefined;
     this.#resample = d.resampleFd !== undefined ? EventFd.fromFd(d.resampleFd, true) : undefined;
@@ -305,12 +317,16 @@ class Slot {
     this.post({ type: "ready", ready: { ...(typeof info === "object" ? info : {}), ...fn } });
   }
 
-  /** Poll timeout this slot allows: 0 with work pending or spinning, until the next throttled queue, or `idle`. */
-  timeout(idle: number, spinMs: number, now: number): number {
+  /**
+   * Poll timeout this slot allows: 0 with work pending or while polling the rings, until the next
+   * throttled queue, or `idle`. A slot about to sleep first asks for notifications again.
+   */
+  timeout(idle: number, now: number): number {
     // Held: the queues wait for the resume (a command), completions wake the poll themselves.
     if (this.#held) return idle;
     if (this.pending.some((p) => p)) return 0;
-    if (spinMs > 0 && now - this.lastWork < spinMs) return 0;
+    if (this.#pollWindow.open(now, this.lastWork)) return 0;
+    if (this.#unsilence()) return 0;
     let t = idle;
     for (const at of this.#retryAt) if (at > 0) t = Math.min(t, Math.max(0, Math.ceil(at - now)));
     for (const at of this.#limitAt) if (at > 0) t = Math.min(t, Math.max(0, Math.ceil(at - now)));
@@ -325,8 +341,40 @@ class Slot {
     return n;
   }
 
+  /**
+   * Notifications back on for the queues silenced while polling (the window closed, a pause, a
+   * stop); true when one already holds requests (serve it now: no kick will come for them).
+   */
+  #unsilence(): boolean {
+    let found = false;
+    for (let i = 0; i < this.#silenced.length; i++) {
+      const queue = this.#silenced[i];
+      if (!queue) continue;
+      this.#silenced[i] = undefined;
+      // Reset since (or replaced): that ring is no longer the device's to write.
+      if (!this.#activeQueues().some((q) => q.queue === queue) || queue.broken) continue;
+      try {
+        if (queue.enableNotification()) this.pending[i] = found = true;
+      } catch {
+        this.pending[i] = found = true; // a broken ring: the device meets the error and reports it
+      }
+    }
+    return found;
+  }
+
+  /**
+   * Queue `i` was drained while the window is open: silence it, the loop looks at its ring.
+   * Again after every serve — the device turns notifications back on when it drains the ring.
+   */
+  #silence(i: number): void {
+    const active = this.#activeQueues().find((q) => q.index === i);
+    if (!active || active.queue.broken) return;
+    if (active.queue.notificationsEnabled) active.queue.disableNotification();
+    this.#silenced[i] = active.queue;
+  }
+
   /** One round after poll: `readable` is this slot's part of poll's answer; `timedOut` the whole poll found nothing. */
-  round(readable: readonly boolean[], timedOut: boolean, spinMs: number): void {
+  round(readable: readonly boolean[], timedOut: boolean): void {
     let at = 0;
     if (readable[at++]) {
       this.#control.read();
@@ -341,12 +389,15 @@ class Slot {
       });
     }
     const now = performance.now();
-    const spinning = !this.#held && spinMs > 0 && now - this.lastWork < spinMs;
+    const polling = !this.#held && this.#pollWindow.open(now, this.lastWork);
     for (let i = 0; i < this.#notify.length; i++) {
       // A poll that timed out: look at every queue anyway (a safety net for a lost notification).
-      if (timedOut || (spinning && (this.served.pendingRequests?.(i) ?? 0) > 0)) this.pending[i] = true;
-      if (readable[at + i]) {
-        this.#notify[i]!.read();
+      if (timedOut) this.pending[i] = true;
+      const kicked = readable[at + i] === true;
+      if (kicked) this.#notify[i]!.read();
+      if (kicked || (polling && (this.served.pendingRequests?.(i) ?? 0) > 0)) {
+        // A request arrived: how long after the last answer tells the window how to adapt.
+        if (!this.pending[i]) this.#pollWindow.observe(now - this.lastWork);
         this.pending[i] = true;
       }
       if (this.#retryAt[i]! > 0 && now >= this.#retryAt[i]!) {
@@ -368,8 +419,10 @@ class Slot {
         // A device may complete requests here (e.g. a disk's asynchronous completions).
         this.#countServed(before, bytes);
       }
-    // Held: the queues keep their marks (notifications are remembered) until the resume.
+    // Held: the queues keep their marks (notifications are remembered) until the resume, and
+    // are not left silenced (a paused device does not write guest memory).
     if (this.#held) {
+      this.#unsilence();
       this.#settlePause();
       return;
     }
@@ -401,6 +454,10 @@ class Slot {
         else if (typeof left === "number" && left > 0) this.#retryAt[i] = performance.now() + left;
       });
       this.#countServed(before, beforeBytes);
+      // Drained (notifications back on) with the window open: the loop looks at the ring itself
+      // until the window closes, so the driver need not kick — a VM exit and a wake-up spared.
+      if (!this.pending[i] && this.#retryAt[i] === 0 && this.#pollWindow.open(performance.now(), this.lastWork))
+        this.#guard(() => this.#silence(i));
     }
   }
 
@@ -469,6 +526,7 @@ class Slot {
       throttledMs: this.#throttledMs + throttling,
       held: this.#held,
       tuning: this.tuning(),
+      poll: { maxUs: this.#pollWindow.maxMs * 1000, windowUs: this.#pollWindow.ms * 1000 },
     };
   }
 
@@ -534,6 +592,7 @@ class Slot {
           const states = this.#queueStates();
           this.served.device.reset();
           this.#remoteQueues = [];
+          this.#silenced.fill(undefined); // those rings are no longer the device's to write
           this.pending.fill(false);
           this.#retryAt.fill(0);
           this.#limitAt.fill(0);
@@ -673,6 +732,7 @@ class Slot {
 
   /** Stops serving: reports the final queue states and counters, closes the device (flushing it). */
   finish(failure?: { message: string; code?: string }): void {
+    this.#unsilence();
     const queues = this.#queueStates();
     let error = failure;
     try {
@@ -729,7 +789,6 @@ async function main(): Promise<void> {
     if (s) slots.push(s);
   }
   const inbox = data.inbox ? { port: data.inbox.port, efd: EventFd.fromFd(data.inbox.fd, true) } : undefined;
-  const spinMs = data.spinUs / 1000;
   let closing = false;
   for (;;) {
     // A shared worker lives until its owner closes it; a worker of its own, until its device stops.
@@ -741,7 +800,7 @@ async function main(): Promise<void> {
     for (const f of slotFds) fds.push(...f);
     const now = performance.now();
     let timeout = data.pollTimeoutMs;
-    for (const s of slots) timeout = Math.min(timeout, s.timeout(data.pollTimeoutMs, spinMs, now));
+    for (const s of slots) timeout = Math.min(timeout, s.timeout(data.pollTimeoutMs, now));
     const readable = poll(fds, timeout);
     if (timeout > 0 || readable.some((r) => r)) thread.wakeups++;
     const timedOut = timeout === data.pollTimeoutMs && !readable.some((r) => r);
@@ -766,7 +825,7 @@ async function main(): Promise<void> {
         continue;
       }
       try {
-        s.round(part, timedOut, spinMs);
+        s.round(part, timedOut);
       } catch (e) {
         // Outside the guard (the runtime's own failure): this device ends, the others go on.
         const failure = describeError(e);

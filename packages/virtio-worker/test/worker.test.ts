@@ -124,29 +124,55 @@ describe("a device in a worker of its own", () => {
     channel.close();
   });
 
-  it("adaptive polling: for spinUs after serving, a chain published without a notification is served; after that the worker sleeps", async () => {
-    const served = async (spinUs: number, idleBeforeMs: number): Promise<boolean> => {
-      const channel = DeviceChannel.create();
-      // A long idle timeout: only a notification or the spinning serves a chain within a second.
-      const handle = start({ byte: 5 }, channel, undefined, { spinUs, pollTimeoutMs: 10_000 });
-      await handle.ready;
-      const q = mainThreadDriver(handle, channel, 20 << 20).queue(0);
+  it("adaptive polling: the window grows with requests that keep coming, serves them with notifications off, and closes when they stop", async () => {
+    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    const channel = DeviceChannel.create();
+    // A long idle timeout: only a notification or the polling serves a chain within a second.
+    const handle = start({ byte: 5 }, channel, undefined, { spinUs: 600_000, pollTimeoutMs: 10_000 });
+    await handle.ready;
+    const q = mainThreadDriver(handle, channel, 20 << 20).queue(0);
+    const kicks: boolean[] = [];
+    // Requests 20 ms apart, each kicked if the device asks: every gap longer than the window
+    // doubles it from 4 µs, so after 13 it covers 20 ms and the driver is no longer asked to kick.
+    for (let i = 0; i < 18; i++) {
+      await sleep(20);
       q.submit({ writable: [8] });
-      q.kick();
+      kicks.push(q.kickIfNeeded());
+      const used = await q.waitUsed(1, 5000);
+      expect(used[0]!.written.every((b) => b === 5)).toBe(true);
+    }
+    expect(kicks.slice(0, 10).every((k) => k)).toBe(true);
+    expect(kicks.slice(-3)).toEqual([false, false, false]);
+    // Within the window: notifications are off and the chain is served anyway.
+    await sleep(5);
+    q.submit({ writable: [8] });
+    expect(q.kickIfNeeded()).toBe(false);
+    expect((await q.waitUsed(1, 1000))[0]!.written.every((b) => b === 5)).toBe(true);
+    // Past the longest window (600 ms): the worker asked for notifications again and sleeps.
+    await sleep(700);
+    q.submit({ writable: [8] });
+    expect(q.kickIfNeeded()).toBe(true);
+    expect((await q.waitUsed(1, 1000)).length).toBe(1);
+    await handle.stop();
+    channel.close();
+  });
+
+  it("without polling (spinUs 0) a chain published without a notification waits for one", async () => {
+    const channel = DeviceChannel.create();
+    const handle = start({ byte: 5 }, channel, undefined, { spinUs: 0, pollTimeoutMs: 10_000 });
+    await handle.ready;
+    const q = mainThreadDriver(handle, channel, 20 << 20).queue(0);
+    for (let i = 0; i < 20; i++) {
+      q.submit({ writable: [8] });
+      expect(q.kickIfNeeded()).toBe(true); // never silenced
       await q.waitUsed(1, 5000);
-      await new Promise((r) => setTimeout(r, idleBeforeMs));
-      q.submit({ writable: [8] }); // no kick: as a driver with notifications suppressed
-      const got = await q.waitUsed(1, 1000).then(
-        (u) => u.length === 1 && u[0]!.written.every((b) => b === 5),
-        () => false,
-      );
-      await handle.stop();
-      channel.close();
-      return got;
-    };
-    expect(await served(600_000, 0)).toBe(true); // still spinning
-    expect(await served(0, 0)).toBe(false); // no polling: it waits for a notification
-    expect(await served(200_000, 700)).toBe(false); // the spin window is over: asleep, costs nothing
+    }
+    q.submit({ writable: [8] }); // no kick
+    await expect(q.waitUsed(1, 1000)).rejects.toThrow();
+    q.kick();
+    expect((await q.waitUsed(1, 5000)).length).toBe(1);
+    await handle.stop();
+    channel.close();
   });
 
   it("a module that fails to build the device rejects ready with the error", async () => {
