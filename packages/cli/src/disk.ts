@@ -308,6 +308,6 @@ export function diskDeviceOptions(
     ...(disk.serial !== undefined ? { serial: disk.serial } : {}),
     ...(disk.thread === "shared" ? { thread: sharedThread } : {}),
     ...(disk.aio ? { aio: disk.aio } : {}),
-    ...(disk.pollUs ? { pollUs: disk.pollUs } : {}),
+    ...(disk.pollUs !== undefined ? { pollUs: disk.pollUs } : {}),
   };
 }

@@ -92,6 +92,9 @@ describe("--disk specs", () => {
       snapshot: false,
       direct: false,
     });
+    // poll=0 turns the device's default polling off: it must reach the device, not vanish.
+    expect(diskDeviceOptions(parseDiskSpec("a.img,poll=0"), shared, 0)).toMatchObject({ pollUs: 0 });
+    expect(diskDeviceOptions(parseDiskSpec("a.img,poll=250"), shared, 0)).toMatchObject({ pollUs: 250 });
   });
 
   it("refuses unknown options, bad values and an empty path", () => {

@@ -3,7 +3,7 @@
 import type { DeviceTuning, MachinePciDeviceFactory } from "@tskvm/machine-x86";
 import { type SharedDeviceWorker, workerPciDevice } from "@tskvm/virtio-worker";
 import type { BlkDeviceOptions } from "./config.js";
-import { BLK_MAX_QUEUES } from "./constants.js";
+import { BLK_DEFAULT_POLL_US, BLK_MAX_QUEUES } from "./constants.js";
 import type { BlkImageSpec, BlkModuleData } from "./entry.js";
 import { BLK_DEVICE_MODULE } from "./host.js";
 
@@ -23,9 +23,11 @@ export interface VirtioBlkPciDeviceOptions extends BlkImageSpec {
    */
   thread?: SharedDeviceWorker;
   /**
-   * Adaptive polling: after serving requests, the disk's worker keeps looking at the ring for
-   * this many µs before it sleeps (QEMU's poll-max-ns); a guest that keeps the disk busy then
-   * costs no wake-up per request, an idle one nothing. Default 0 (off). Its own worker only.
+   * Adaptive polling: after serving requests, the disk's worker keeps looking at the ring, with
+   * the driver's notifications off, for up to this many µs before it sleeps (QEMU's
+   * poll-max-ns; the window grows and shrinks with the gaps between requests). A guest that
+   * keeps the disk busy then costs no VM exit and no wake-up per request, an idle one nothing.
+   * Default {@link BLK_DEFAULT_POLL_US}; 0 turns it off. Its own worker only.
    */
   pollUs?: number;
   /**
@@ -78,7 +80,7 @@ export function virtioBlkPciDevice(options: VirtioBlkPciDeviceOptions): MachineP
     ...(id !== undefined ? { id } : {}),
     ...(tuning !== undefined ? { tuning } : {}),
     ...(thread ? { thread } : {}),
-    ...(pollUs ? { spinUs: pollUs } : {}),
+    spinUs: pollUs ?? BLK_DEFAULT_POLL_US,
     // disk-image's messages already begin with the path: name it once.
     startError: (m) => (m.startsWith(`${image.path}: `) ? `disk ${m}` : `disk ${image.path}: ${m}`),
   });

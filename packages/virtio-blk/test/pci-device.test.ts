@@ -9,7 +9,7 @@ import { DeviceChannel, GuestMemory, GuestRegion, type Vm } from "@tskvm/kvm-cor
 import type { GsiRouter, MachineDeviceContext } from "@tskvm/machine-x86";
 import { PciDriverTransport, VirtioDriverSimulator } from "@tskvm/virtio/testing";
 import { afterAll, describe, expect, it } from "vitest";
-import { type BlkDeviceStats, ChannelPciFunction, virtioBlkPciDevice } from "../dist/index.js";
+import { BLK_DEFAULT_POLL_US, type BlkDeviceStats, ChannelPciFunction, virtioBlkPciDevice } from "../dist/index.js";
 import { BlkTestDriver, header, pattern, sameBytes } from "./driver.js";
 
 const dir = mkdtempSync(join(tmpdir(), "virtio-blk-pci-"));
@@ -75,6 +75,7 @@ describe("virtioBlkPciDevice", () => {
     const report = await control.stats();
     expect(report).toMatchObject({ id: "disk0", kind: "virtio-blk" });
     expect(report.thread.tuning).toMatchObject({ iops: { rate: 100_000 } });
+    expect(report.thread.poll?.maxUs).toBe(BLK_DEFAULT_POLL_US); // polls by default
     const stats = report.device as unknown as BlkDeviceStats;
     expect(stats).toMatchObject({
       queues: 2,
@@ -98,6 +99,7 @@ describe("virtioBlkPciDevice", () => {
       format: "raw",
       readOnly: true,
       tuning: { bandwidth: { rate: 40 * 1024, burst: 4096 } },
+      pollUs: 0,
     });
     const device = await factory(fakeContext(failures));
     const { channel: described } = device.handler!.data as {
@@ -124,6 +126,7 @@ describe("virtioBlkPciDevice", () => {
     const report = await device.control!.stats();
     expect(report.device).toMatchObject({ bytesRead: 6 * 4096 });
     expect(report.thread.throttledMs).toBeGreaterThan(0);
+    expect(report.thread.poll).toEqual({ maxUs: 0, windowUs: 0 }); // pollUs 0: off
     await device.detach?.();
     expect(failures).toEqual([]);
   });

@@ -60,7 +60,8 @@ Options (as kvmtool's lkvm run; the kernel may also come last, as there):
                       with direct) or one after another (sync: the default
                       through the page cache);
                       poll: after serving requests its worker watches the
-                      ring for US µs before sleeping (default 0: off)
+                      ring for up to US µs before sleeping, a window that
+                      adapts to the guest (default 100; 0: off)
                       Also [,queues=N][,iops=N[:BURST]][,bw=SIZE[:BURST]]
                       [,ioprio=CLASS[:LEVEL]][,nice=N]: queues: virtqueues
                       (multiqueue), 1 to 16 (default 1); iops, bw: token
