@@ -148,6 +148,17 @@ function where(e: Error): string {
   return frame?.startsWith("at ") ? ` (${frame})` : "";
 }
 
+/**
+ * The loop's clock (performance.now() ms), read once per round of the loop and once after each
+ * serve that answered requests, not at every use: where the kernel has no fast clock (no usable
+ * TSC: a VM's HPET, as in the sandbox) a read is a system call and a device access, ~14 µs there.
+ */
+let clock = performance.now();
+function readClock(): number {
+  clock = performance.now();
+  return clock;
+}
+
 /** poll(2), with a signal (EINTR: a profiler, a kick meant for another thread) counting as "nothing yet". */
 function poll(fds: readonly number[], timeoutMs: number): boolean[] {
   try {
@@ -363,6 +374,18 @@ class Slot {
   }
 
   /**
+   * Whether the device says queue `i` holds requests (while polling). A device whose answer
+   * throws (a ring the driver broke) is served, so it meets the error and reports it itself.
+   */
+  #hasRequests(i: number): boolean {
+    try {
+      return (this.served.pendingRequests?.(i) ?? 0) > 0;
+    } catch {
+      return true;
+    }
+  }
+
+  /**
    * Queue `i` was drained while the window is open: silence it, the loop looks at its ring.
    * Again after every serve — the device turns notifications back on when it drains the ring.
    */
@@ -388,14 +411,14 @@ class Slot {
         this.#mmio?.resampleIrq();
       });
     }
-    const now = performance.now();
+    const now = clock;
     const polling = !this.#held && this.#pollWindow.open(now, this.lastWork);
     for (let i = 0; i < this.#notify.length; i++) {
       // A poll that timed out: look at every queue anyway (a safety net for a lost notification).
       if (timedOut) this.pending[i] = true;
       const kicked = readable[at + i] === true;
       if (kicked) this.#notify[i]!.read();
-      if (kicked || (polling && (this.served.pendingRequests?.(i) ?? 0) > 0)) {
+      if (kicked || (polling && this.#hasRequests(i))) {
         // A request arrived: how long after the last answer tells the window how to adapt.
         if (!this.pending[i]) this.#pollWindow.observe(now - this.lastWork);
         this.pending[i] = true;
@@ -451,12 +474,12 @@ class Slot {
       this.#guard(() => {
         const left = this.served.serveQueue(i, { requests, bytes, shouldStop: this.#stopRequested });
         if (left === true) this.pending[i] = true;
-        else if (typeof left === "number" && left > 0) this.#retryAt[i] = performance.now() + left;
+        else if (typeof left === "number" && left > 0) this.#retryAt[i] = clock + left;
       });
       this.#countServed(before, beforeBytes);
       // Drained (notifications back on) with the window open: the loop looks at the ring itself
       // until the window closes, so the driver need not kick — a VM exit and a wake-up spared.
-      if (!this.pending[i] && this.#retryAt[i] === 0 && this.#pollWindow.open(performance.now(), this.lastWork))
+      if (!this.pending[i] && this.#retryAt[i] === 0 && this.#pollWindow.open(clock, this.lastWork))
         this.#guard(() => this.#silence(i));
     }
   }
@@ -468,7 +491,7 @@ class Slot {
     this.#limiter.charge(n, bytes);
     if (n > 0) {
       Atomics.add(this.#ctl, Ctl.COMPLETED, n);
-      this.lastWork = performance.now();
+      this.lastWork = readClock();
     }
   }
 
@@ -798,10 +821,12 @@ async function main(): Promise<void> {
     const polled = [...slots];
     const slotFds = polled.map((s) => s.pollFds());
     for (const f of slotFds) fds.push(...f);
-    const now = performance.now();
     let timeout = data.pollTimeoutMs;
-    for (const s of slots) timeout = Math.min(timeout, s.timeout(data.pollTimeoutMs, now));
+    for (const s of slots) timeout = Math.min(timeout, s.timeout(data.pollTimeoutMs, clock));
     const readable = poll(fds, timeout);
+    // Slept: time moved on. Otherwise the clock read at the end of the last round is close enough.
+    if (timeout !== 0) readClock();
+    const roundStart = clock;
     if (timeout > 0 || readable.some((r) => r)) thread.wakeups++;
     const timedOut = timeout === data.pollTimeoutMs && !readable.some((r) => r);
     let at = 0;
@@ -834,6 +859,8 @@ async function main(): Promise<void> {
         slots.splice(slots.indexOf(s), 1);
       }
     }
+    // No serve answered anything (so none read the clock): read it for the next round's timeouts.
+    if (clock === roundStart) readClock();
   }
   inbox?.port.close();
 }

@@ -157,6 +157,36 @@ describe("a device in a worker of its own", () => {
     channel.close();
   });
 
+  it("a driver that breaks its ring while the loop polls it: the device is marked DEVICE_NEEDS_RESET, the worker goes on", async () => {
+    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    const channel = DeviceChannel.create();
+    const handle = start({ byte: 6 }, channel, undefined, { spinUs: 600_000, pollTimeoutMs: 10_000 });
+    await handle.ready;
+    const sim = mainThreadDriver(handle, channel, 21 << 20);
+    const q = sim.queue(0);
+    for (let i = 0; i < 18; i++) {
+      await sleep(20);
+      q.submit({ writable: [8] });
+      q.kickIfNeeded();
+      await q.waitUsed(1, 5000);
+    }
+    expect(q.kickIfNeeded()).toBe(false); // silenced: the loop is polling this ring
+    // avail.idx far more than the queue size ahead: the device's pendingRequests throws.
+    memory.writeU16(q.availRing + 2, 0x8000);
+    const deadline = Date.now() + 5000;
+    while ((sim.status & DeviceStatus.DEVICE_NEEDS_RESET) === 0 && Date.now() < deadline) await sleep(5);
+    expect(sim.status & DeviceStatus.DEVICE_NEEDS_RESET).toBeTruthy();
+    // Still serving registers: a reset and a new init work, and the device serves again.
+    sim.init({ queueSize: 16 });
+    const q2 = sim.queue(0);
+    q2.submit({ writable: [8] });
+    q2.kick();
+    expect((await q2.waitUsed(1, 5000))[0]!.written.every((b) => b === 6)).toBe(true);
+    const exit = await handle.stop();
+    expect(exit.error).toBeUndefined();
+    channel.close();
+  });
+
   it("without polling (spinUs 0) a chain published without a notification waits for one", async () => {
     const channel = DeviceChannel.create();
     const handle = start({ byte: 5 }, channel, undefined, { spinUs: 0, pollTimeoutMs: 10_000 });
