@@ -58,15 +58,29 @@ function hintFor(operation: string, errno: number, path?: string): string | unde
 
 /** Runs one native call and turns its errno into a {@link KvmError} named after `operation`. */
 export function sys<T>(operation: string, call: () => T, path?: string): T {
-  try {
-    return call();
-  } catch (e) {
-    if (e instanceof KvmError) throw e;
-    if (isNativeErrnoError(e))
-      throw new KvmError(operation, e.errno, undefined, hintFor(operation, e.errno, path));
-    if (e instanceof TypeError) throw new KvmError(operation, 0, e.message);
-    throw e;
+  // A KVM ioctl other than KVM_RUN that a signal interrupted (e.g. a profiler's SIGPROF during
+  // KVM_CREATE_VM) did nothing: make it again. KVM_RUN's EINTR is the vCPU kick, and a close,
+  // poll or read keeps its own meaning of EINTR.
+  const restart = operation.startsWith("KVM_") && operation !== "KVM_RUN";
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return call();
+    } catch (e) {
+      if (restart && attempt < MAX_EINTR_RESTARTS && isNativeErrnoError(e) && e.errno === E.EINTR) continue;
+      throw describeSysError(operation, e, path);
+    }
   }
+}
+
+/** How often a KVM ioctl interrupted by signals is made again before its EINTR is reported. */
+const MAX_EINTR_RESTARTS = 1000;
+
+/** A native call's failure as the {@link KvmError} named after `operation` (other errors as they are). */
+function describeSysError(operation: string, e: unknown, path: string | undefined): unknown {
+  if (e instanceof KvmError) return e;
+  if (isNativeErrnoError(e)) return new KvmError(operation, e.errno, undefined, hintFor(operation, e.errno, path));
+  if (e instanceof TypeError) return new KvmError(operation, 0, e.message);
+  return e;
 }
 
 /** For use-after-close and argument errors detected in TypeScript. */
