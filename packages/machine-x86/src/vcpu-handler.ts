@@ -318,7 +318,8 @@ export async function createExitHandler(ctx: VcpuWorkerContext<VcpuHandlerData>)
     lastAddress = e.port;
     if (pciDevices.length) refreshBars();
     for (let i = 0; i < e.count; i++) {
-      const data = e.data.subarray(i * e.size, (i + 1) * e.size);
+      // One access (all but rep ins/outs): the exit's own view, no new one per exit.
+      const data = e.count === 1 ? e.data : e.data.subarray(i * e.size, (i + 1) * e.size);
       if (e.direction === "in") {
         if (!pio.read(e.port, data)) {
           data.fill(0xff);
