@@ -6,7 +6,7 @@
 // line per (run, format, VMM). peakRssKiB is the VMM process's VmHWM (for tskvm the
 // node process), polled while it runs; the last value read before it exited.
 //
-//   node blk-in-guest.mjs KERNEL INITRD [FORMATS=raw[,qcow2]] [SECONDS=3] [VMMS=tskvm,tskvm-io_uring,tskvm-poll,tskvm-stat,kvmtool,kvmtool-noaio,qemu,qemu-iothread] [RUNS=1] [LKVM|-]
+//   node blk-in-guest.mjs KERNEL INITRD [FORMATS=raw[,qcow2]] [SECONDS=3] [VMMS=tskvm,tskvm-io_uring,tskvm-nopoll,tskvm-stat,kvmtool,kvmtool-noaio,qemu,qemu-iothread] [RUNS=1] [LKVM|-]
 //
 // Images live on $SANDBOX_WORK (a tmpfs in the sandbox; else a temp dir), 256 MiB,
 // filled with non-zero data first so reads read data: raw by writing it, qcow2 by
@@ -154,6 +154,9 @@ function tskvmHasDisk() {
 }
 
 function argvFor(vmm, image, format) {
+  // "VMM@CPUS" runs VMM with every thread pinned to CPUS (taskset's list), e.g. tskvm@0.
+  const at = vmm.indexOf("@");
+  if (at > 0) return ["taskset", "-c", vmm.slice(at + 1), ...argvFor(vmm.slice(0, at), image, format)];
   const guest = { kernel, initrd, params: cmdParam };
   const qemu = (iothread) =>
     qemuArgv({
@@ -186,8 +189,8 @@ function argvFor(vmm, image, format) {
       return tskvmArgv({ ...guest, args: ["-d", image] });
     case "tskvm-io_uring":
       return tskvmArgv({ ...guest, args: ["-d", `${image},aio=io_uring`] });
-    case "tskvm-poll":
-      return tskvmArgv({ ...guest, args: ["-d", `${image},poll=100`] });
+    case "tskvm-nopoll":
+      return tskvmArgv({ ...guest, args: ["-d", `${image},poll=0`] });
     case "tskvm-stat":
       // The default tskvm, with `tskvm stat --watch` reading its counters once a second (see boot).
       return tskvmArgv({ ...guest, args: ["--name", STAT_VM, "-d", image] });
@@ -340,7 +343,7 @@ async function runOne(format, vmm, image) {
   let retried;
   for (let attempt = 1; ; attempt++) {
     log(`${format} ${vmm} attempt ${attempt}: ${argv.join(" ")}`);
-    const r = await boot(argv, { watch: vmm === "tskvm-stat" });
+    const r = await boot(argv, { watch: vmm.split("@")[0] === "tskvm-stat" });
     const p = parseRun(r);
     // The stat row measures nothing unless the watcher really read the counters throughout.
     if (!p.error && r.statSamples !== undefined && r.statSamples < 5 * seconds)
@@ -410,7 +413,7 @@ try {
           }
           continue;
         }
-        if (vmm === "tskvm-io_uring" && format !== "raw") {
+        if (vmm.split("@")[0] === "tskvm-io_uring" && format !== "raw") {
           // tskvm refuses aio=io_uring for qcow2 (its cluster mapping is served synchronously).
           if (run === 0)
             emit({ format, vmm, run, ok: false, skipped: "aio=io_uring: raw images only", workloads: [] });

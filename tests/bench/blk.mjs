@@ -1,4 +1,4 @@
-// Guest block-I/O bench: tskvm (its default, aio=io_uring, poll=100) beside kvmtool (with and without
+// Guest block-I/O bench: tskvm (its default, which polls the ring up to 100 µs; aio=io_uring; poll=0) beside kvmtool (with and without
 // libaio) and QEMU+KVM (with and without an iothread),
 // the same kernel, initrd, guest program and disk image for each.
 //
@@ -7,7 +7,7 @@
 //   TSKVM_BENCH_BLK_RUNS=3 ...                           medians of 3 runs per VMM and format
 //
 // Environment: TSKVM_BENCH_BLK_FORMATS (raw; comma list of raw, qcow2), TSKVM_BENCH_BLK_SECONDS
-// (3, per workload), TSKVM_BENCH_BLK_VMMS (tskvm,tskvm-io_uring,tskvm-poll,tskvm-stat,kvmtool,kvmtool-noaio,qemu,qemu-iothread), TSKVM_BENCH_BLK_RUNS (1;
+// (3, per workload), TSKVM_BENCH_BLK_VMMS (tskvm,tskvm-io_uring,tskvm-nopoll,tskvm-stat,kvmtool,kvmtool-noaio,qemu,qemu-iothread; VMM@CPUS pins one to CPUS with taskset, e.g. tskvm@0), TSKVM_BENCH_BLK_RUNS (1;
 // more runs, round-robin, give medians: the sandbox is noisy), TSKVM_BENCH_BLK_EXITS (1: count
 // the VM exits of each workload in the host kernel, kvm:kvm_exit, and print them per request —
 // needs root and tracefs, as in the sandbox), TSKVM_BENCH_BLK_JSON
@@ -27,7 +27,7 @@ const seconds = Number(process.env.TSKVM_BENCH_BLK_SECONDS ?? 3);
 const runs = Number(process.env.TSKVM_BENCH_BLK_RUNS ?? 1);
 const vmms = (
   process.env.TSKVM_BENCH_BLK_VMMS ??
-  "tskvm,tskvm-io_uring,tskvm-poll,tskvm-stat,kvmtool,kvmtool-noaio,qemu,qemu-iothread"
+  "tskvm,tskvm-io_uring,tskvm-nopoll,tskvm-stat,kvmtool,kvmtool-noaio,qemu,qemu-iothread"
 )
   .split(",")
   .filter(Boolean);
@@ -61,12 +61,17 @@ const date = new Date().toISOString();
 const names = {
   tskvm: "tskvm",
   "tskvm-io_uring": "tskvm aio=io_uring",
-  "tskvm-poll": "tskvm poll=100",
+  "tskvm-nopoll": "tskvm poll=0",
   "tskvm-stat": "tskvm + stat --watch",
   kvmtool: "kvmtool",
   "kvmtool-noaio": "kvmtool no libaio",
   qemu: "QEMU",
   "qemu-iothread": "QEMU+iothread",
+};
+/** A VMM's name in the tables; "VMM@CPUS" is VMM pinned to CPUS. */
+const nameOf = (v) => {
+  const [base, cpus] = v.split("@");
+  return `${names[base] ?? base}${cpus ? ` @cpu${cpus}` : ""}`;
 };
 const label = (w) => `${w.workload} ${w.bs >= 1 << 20 ? `${w.bs >> 20}M` : `${w.bs >> 10}k`} qd${w.depth}`;
 /** The workloads of `rs`, labelled, in the order they first appear. */
@@ -86,7 +91,7 @@ for (const format of formats) {
   const labels = labelsOf(vmms.flatMap((v) => ok[v]));
   console.log(`\n${format} image\n`);
   console.log(
-    `| workload | ${vmms.map((v) => `${names[v] ?? v} MB/s | ${names[v] ?? v} IOPS`).join(" | ")} |`,
+    `| workload | ${vmms.map((v) => `${nameOf(v)} MB/s | ${nameOf(v)} IOPS`).join(" | ")} |`,
   );
   console.log(`|---|${vmms.map(() => "---:|---:").join("|")}|`);
   for (const l of labels) {
@@ -108,7 +113,7 @@ for (const format of formats) {
       ...rs.filter((r) => !r.ok && !r.skipped).map((r) => `run ${r.run} FAILED: ${r.error}`),
     ];
     console.log(
-      `| ${names[v] ?? v} | ${fmt(rss.length ? Math.max(...rss) / 1024 : undefined, 1)} | ` +
+      `| ${nameOf(v)} | ${fmt(rss.length ? Math.max(...rss) / 1024 : undefined, 1)} | ` +
         `${fmt(median(ok[v].map((r) => r.wallMs / 1000)), 1)} | ${ok[v].length}/${rs.filter((r) => !r.skipped).length} | ${notes.join("; ")} |`,
     );
   }
@@ -121,7 +126,7 @@ for (const format of formats) {
   );
   if (!traced.length) continue;
   console.log(`\n${format}: VM exits per request (kvm:kvm_exit in the host kernel; the main reasons)\n`);
-  console.log(`| workload | ${traced.map((v) => names[v] ?? v).join(" | ")} |`);
+  console.log(`| workload | ${traced.map((v) => nameOf(v)).join(" | ")} |`);
   console.log(`|---|${traced.map(() => "---|").join("")}`);
   const labels = labelsOf(rows.filter((r) => r.ok && r.format === format));
   for (const l of labels) {
@@ -144,7 +149,7 @@ for (const format of formats) {
   const timers = traced
     .map((v) => [v, rows.find((x) => x.format === format && x.vmm === v && x.guestTimer)?.guestTimer])
     .filter(([, t]) => t);
-  for (const [v, t] of timers) console.log(`${names[v] ?? v}'s guest: ${t}`);
+  for (const [v, t] of timers) console.log(`${nameOf(v)}'s guest: ${t}`);
 }
 
 // What watching costs: the same tskvm with and without `tskvm stat --watch` beside it.
