@@ -90,9 +90,7 @@ for (const format of formats) {
   const ok = Object.fromEntries(vmms.map((v) => [v, all[v].filter((r) => r.ok)]));
   const labels = labelsOf(vmms.flatMap((v) => ok[v]));
   console.log(`\n${format} image\n`);
-  console.log(
-    `| workload | ${vmms.map((v) => `${nameOf(v)} MB/s | ${nameOf(v)} IOPS`).join(" | ")} |`,
-  );
+  console.log(`| workload | ${vmms.map((v) => `${nameOf(v)} MB/s | ${nameOf(v)} IOPS`).join(" | ")} |`);
   console.log(`|---|${vmms.map(() => "---:|---:").join("|")}|`);
   for (const l of labels) {
     const cells = vmms.map((v) => {

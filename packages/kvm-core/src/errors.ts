@@ -78,7 +78,8 @@ const MAX_EINTR_RESTARTS = 1000;
 /** A native call's failure as the {@link KvmError} named after `operation` (other errors as they are). */
 function describeSysError(operation: string, e: unknown, path: string | undefined): unknown {
   if (e instanceof KvmError) return e;
-  if (isNativeErrnoError(e)) return new KvmError(operation, e.errno, undefined, hintFor(operation, e.errno, path));
+  if (isNativeErrnoError(e))
+    return new KvmError(operation, e.errno, undefined, hintFor(operation, e.errno, path));
   if (e instanceof TypeError) return new KvmError(operation, 0, e.message);
   return e;
 }

@@ -1,8 +1,8 @@
 // sys(): how a native call's errno becomes a KvmError, and which calls are made again after EINTR.
 import { constants } from "node:os";
 import { describe, expect, it } from "vitest";
-import { KvmError } from "../dist/index.js";
 import { sys } from "../dist/errors.js";
+import { KvmError } from "../dist/index.js";
 
 const EINTR = constants.errno.EINTR;
 const errno = (n: number) => Object.assign(new Error(`errno ${n}`), { errno: n });

@@ -9,7 +9,12 @@ import { DeviceChannel, GuestMemory, GuestRegion, type Vm } from "@tskvm/kvm-cor
 import type { GsiRouter, MachineDeviceContext } from "@tskvm/machine-x86";
 import { PciDriverTransport, VirtioDriverSimulator } from "@tskvm/virtio/testing";
 import { afterAll, describe, expect, it } from "vitest";
-import { BLK_DEFAULT_POLL_US, type BlkDeviceStats, ChannelPciFunction, virtioBlkPciDevice } from "../dist/index.js";
+import {
+  BLK_DEFAULT_POLL_US,
+  type BlkDeviceStats,
+  ChannelPciFunction,
+  virtioBlkPciDevice,
+} from "../dist/index.js";
 import { BlkTestDriver, header, pattern, sameBytes } from "./driver.js";
 
 const dir = mkdtempSync(join(tmpdir(), "virtio-blk-pci-"));

@@ -36,9 +36,9 @@ import {
   VirtioPciTransport,
 } from "@tskvm/virtio";
 import { StateBoard } from "./board.js";
-import { PollWindow } from "./poll-window.js";
 import { MMIO_SPACE, PCI_CONFIG_SPACE } from "./channel.js";
 import type { DeviceModule, ServedDevice } from "./module.js";
+import { PollWindow } from "./poll-window.js";
 import {
   Ctl,
   type DeviceSlotData,
