@@ -30,6 +30,28 @@ function start(
 
 const drive = driveFill;
 
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Grows the worker's polling window: 18 requests 20 ms apart, each kicked if the device asks.
+ * Every gap longer than the window doubles it from 4 µs, so after 13 it covers 20 ms. Returns
+ * whether each request needed a kick.
+ */
+async function growPollWindow(
+  q: ReturnType<VirtioDriverSimulator["queue"]>,
+  byte: number,
+): Promise<boolean[]> {
+  const kicks: boolean[] = [];
+  for (let i = 0; i < 18; i++) {
+    await sleep(20);
+    q.submit({ writable: [8] });
+    kicks.push(q.kickIfNeeded());
+    const used = await q.waitUsed(1, 5000);
+    expect(used[0]!.written.every((b) => b === byte)).toBe(true);
+  }
+  return kicks;
+}
+
 /** Posts one chain and waits until the device says DEVICE_NEEDS_RESET (or 5 s). */
 async function kickUntilNeedsReset(sim: VirtioDriverSimulator): Promise<void> {
   sim.queue(0).submit({ writable: [16] });
@@ -125,22 +147,13 @@ describe("a device in a worker of its own", () => {
   });
 
   it("adaptive polling: the window grows with requests that keep coming, serves them with notifications off, and closes when they stop", async () => {
-    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
     const channel = DeviceChannel.create();
     // A long idle timeout: only a notification or the polling serves a chain within a second.
     const handle = start({ byte: 5 }, channel, undefined, { spinUs: 600_000, pollTimeoutMs: 10_000 });
     await handle.ready;
     const q = mainThreadDriver(handle, channel, 20 << 20).queue(0);
-    const kicks: boolean[] = [];
-    // Requests 20 ms apart, each kicked if the device asks: every gap longer than the window
-    // doubles it from 4 µs, so after 13 it covers 20 ms and the driver is no longer asked to kick.
-    for (let i = 0; i < 18; i++) {
-      await sleep(20);
-      q.submit({ writable: [8] });
-      kicks.push(q.kickIfNeeded());
-      const used = await q.waitUsed(1, 5000);
-      expect(used[0]!.written.every((b) => b === 5)).toBe(true);
-    }
+    // The driver is asked to kick until the window covers the gaps, then no longer.
+    const kicks = await growPollWindow(q, 5);
     expect(kicks.slice(0, 10).every((k) => k)).toBe(true);
     expect(kicks.slice(-3)).toEqual([false, false, false]);
     // Within the window: notifications are off and the chain is served anyway.
@@ -158,18 +171,12 @@ describe("a device in a worker of its own", () => {
   });
 
   it("a driver that breaks its ring while the loop polls it: the device is marked DEVICE_NEEDS_RESET, the worker goes on", async () => {
-    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
     const channel = DeviceChannel.create();
     const handle = start({ byte: 6 }, channel, undefined, { spinUs: 600_000, pollTimeoutMs: 10_000 });
     await handle.ready;
     const sim = mainThreadDriver(handle, channel, 21 << 20);
     const q = sim.queue(0);
-    for (let i = 0; i < 18; i++) {
-      await sleep(20);
-      q.submit({ writable: [8] });
-      q.kickIfNeeded();
-      await q.waitUsed(1, 5000);
-    }
+    await growPollWindow(q, 6);
     expect(q.kickIfNeeded()).toBe(false); // silenced: the loop is polling this ring
     // avail.idx far more than the queue size ahead: the device's pendingRequests throws.
     memory.writeU16(q.availRing + 2, 0x8000);
