@@ -45,8 +45,10 @@ export {
   getThreadIoPriority,
   getThreadNice,
   type IoPriority,
+  setCurrentThreadName,
   setThreadIoPriority,
   setThreadNice,
+  THREAD_NAME_MAX,
   type ThreadIoPriority,
 } from "./thread.js";
 export { Vcpu, type VcpuDescriptor, type VcpuExit } from "./vcpu.js";

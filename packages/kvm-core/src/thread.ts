@@ -1,6 +1,7 @@
 // Scheduling of one thread: its I/O priority (ioprio_set / ioprio_get, ioprio(7)) and
 // its nice value (setpriority / getpriority, which on Linux act on the one thread
 // whose id is given). For device threads a VMM tunes (a disk's worker).
+import { writeFileSync } from "node:fs";
 import { constants, getPriority, setPriority } from "node:os";
 import { KvmError, sys } from "./errors.js";
 import { native } from "./native.js";
@@ -97,4 +98,23 @@ export function getThreadNice(tid: number): number {
 /** The calling thread's Linux thread id (gettid). */
 export function currentThreadId(): number {
   return native().gettid();
+}
+
+/** Longest thread name Linux keeps (TASK_COMM_LEN 16, with its NUL). */
+export const THREAD_NAME_MAX = 15;
+
+/**
+ * Names the calling thread (its `comm`, as `top -H`, `ps -L` and `perf` show it), e.g. a vCPU
+ * or device worker, which Node leaves named "node". Longer names are cut to
+ * {@link THREAD_NAME_MAX} bytes. Returns false where the name cannot be set (no /proc): a name
+ * is a help, never a reason to fail.
+ */
+export function setCurrentThreadName(name: string): boolean {
+  const bytes = Buffer.from(name, "utf8").subarray(0, THREAD_NAME_MAX);
+  try {
+    writeFileSync(`/proc/self/task/${currentThreadId()}/comm`, bytes);
+    return true;
+  } catch {
+    return false;
+  }
 }

@@ -2,6 +2,7 @@
 import { parentPort, workerData } from "node:worker_threads";
 import { GuestMemory } from "./memory.js";
 import { native } from "./native.js";
+import { setCurrentThreadName } from "./thread.js";
 import { Vcpu } from "./vcpu.js";
 import {
   Control,
@@ -48,6 +49,8 @@ function park(): void {
 
 native().installKickSignal();
 Atomics.store(control, Control.TID, native().gettid());
+// Named as kvmtool names its vCPU threads, so `top -H` and `perf` tell it from Node's others.
+setCurrentThreadName(`kvm-vcpu-${vcpu.id}`);
 
 let exits = 0;
 let started = false;

@@ -1,5 +1,6 @@
 // Thread scheduling: ioprio_set / ioprio_get and nice on one thread. Runs on a
 // thread of its own (a worker) so the test runner's threads keep their priorities.
+import { readFileSync } from "node:fs";
 import { Worker } from "node:worker_threads";
 import { describe, expect, it } from "vitest";
 import {
@@ -128,5 +129,29 @@ describe("thread nice", () => {
     expect(() => setThreadNice(0, -21)).toThrow(expect.objectContaining({ code: "EINVAL" }));
     expect(() => setThreadNice(2 ** 30, 1)).toThrow(/setpriority failed with ESRCH/);
     expect(() => getThreadNice(2 ** 30)).toThrow(KvmError);
+  });
+});
+
+describe("thread names", () => {
+  it("names the calling thread (its comm), cut to 15 bytes, and leaves the others alone", async () => {
+    const w = new Worker(
+      `const { parentPort } = require("node:worker_threads");
+       const { readFileSync } = require("node:fs");
+       import(${JSON.stringify(new URL("../dist/index.js", import.meta.url).href)}).then((m) => {
+         const tid = m.currentThreadId();
+         const comm = () => readFileSync("/proc/self/task/" + tid + "/comm", "utf8").trim();
+         const short = m.setCurrentThreadName("kvm-vcpu-3") && comm();
+         const long = m.setCurrentThreadName("a-name-longer-than-fifteen") && comm();
+         parentPort.postMessage({ short, long });
+       });`,
+      { eval: true },
+    );
+    const got = await new Promise((resolve, reject) => {
+      w.once("message", resolve);
+      w.once("error", reject);
+    });
+    await w.terminate();
+    expect(got).toEqual({ short: "kvm-vcpu-3", long: "a-name-longer-t" });
+    expect(readFileSync(`/proc/self/task/${currentThreadId()}/comm`, "utf8").trim()).not.toBe("kvm-vcpu-3");
   });
 });

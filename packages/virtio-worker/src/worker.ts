@@ -15,6 +15,7 @@ import {
   type GuestMemoryDescriptor,
   getThreadNice,
   pollReadable,
+  setCurrentThreadName,
   setThreadIoPriority,
   setThreadNice,
 } from "@tskvm/kvm-core";
@@ -806,6 +807,8 @@ async function open(d: DeviceSlotData): Promise<Slot | undefined> {
 }
 
 async function main(): Promise<void> {
+  // Named after its device ("disk", "console", …), or "virtio-shared": Node names every thread "node".
+  setCurrentThreadName(data.inbox ? "virtio-shared" : (data.devices[0]?.name.split(" ")[0] ?? "virtio"));
   const slots: Slot[] = [];
   for (const d of data.devices) {
     const s = await open(d);

@@ -1,6 +1,7 @@
 // Run-time control of a device worker: rate limits (token buckets over the serve
 // budget), pause / resume with requests in flight, thread tuning (ioprio, nice),
 // asynchronous stats. The fill test device and real worker threads, no KVM.
+import { readFileSync } from "node:fs";
 import { getPriority } from "node:os";
 import type { Worker } from "node:worker_threads";
 import { DeviceChannel, EventFd, getThreadIoPriority } from "@tskvm/kvm-core";
@@ -316,6 +317,8 @@ describe("thread tuning and stats", () => {
     const { thread } = await handle.statsAsync();
     expect(thread.tid).toBeGreaterThan(0);
     expect(thread.tid).not.toBe(process.pid);
+    // Named after its device ("fill 15" → "fill"), not Node's "node".
+    expect(readFileSync(`/proc/self/task/${thread.tid}/comm`, "utf8").trim()).toBe("fill");
     expect(getPriority(thread.tid)).toBe(3);
     expect(getPriority(0)).not.toBe(3);
     expect(await handle.tune({ ioPriority: { class: "be", level: 2 } })).toEqual({
