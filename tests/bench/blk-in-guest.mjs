@@ -13,7 +13,7 @@
 // `qemu-img convert` of the filled raw image (so every cluster is allocated). All
 // VMMs of one format use the same image file.
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -208,6 +208,38 @@ function readHwmKiB(pid) {
   }
 }
 
+/**
+ * CPU time of each thread of process `pid` so far (ns on a CPU, from schedstat), keyed
+ * "comm#tid"; a vCPU thread's includes the time its guest ran. Empty once the process is gone.
+ */
+function threadCpu(pid) {
+  const out = {};
+  try {
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      try {
+        const ns = Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, "utf8").split(" ")[0]);
+        // The process's first thread is its main thread, whatever its name.
+        const comm =
+          tid === String(pid) ? "main" : readFileSync(`/proc/${pid}/task/${tid}/comm`, "utf8").trim();
+        out[`${comm}#${tid}`] = ns;
+      } catch {
+        // the thread ended meanwhile
+      }
+    }
+  } catch {
+    // gone already
+  }
+  return out;
+}
+
+/** Per thread, the CPU ns spent between two {@link threadCpu} snapshots (threads that ran only). */
+const cpuDelta = (a, b) =>
+  Object.fromEntries(
+    Object.entries(b)
+      .map(([k, ns]) => [k, ns - (a[k] ?? 0)])
+      .filter(([, ns]) => ns > 0),
+  );
+
 /** The name of the VM that `tskvm stat --watch` watches in the tskvm-stat rows. */
 const STAT_VM = "bench-stat";
 
@@ -255,8 +287,9 @@ function boot(argv, { watch = false } = {}) {
       peakRssKiB = readHwmKiB(p.pid) ?? peakRssKiB;
     }, 200);
     let closed = false;
-    // Exits per workload: a snapshot at the begin line and at each result line.
+    // Exits and each thread's CPU per workload: a snapshot at the begin line and at each result line.
     const exitSnaps = [];
+    const cpuSnaps = [];
     let scanned = 0; // out[0, scanned) has been looked at, line by line
     if (countExits) histReset();
     const stopWatch = watch ? watchStats(() => !closed) : undefined;
@@ -269,10 +302,13 @@ function boot(argv, { watch = false } = {}) {
     p.stdout.on("data", (d) => {
       out += d;
       // Only the lines completed by this chunk: a snapshot right when the line arrives.
-      for (let nl = out.indexOf("\n", scanned); countExits && nl >= 0; nl = out.indexOf("\n", scanned)) {
+      for (let nl = out.indexOf("\n", scanned); nl >= 0; nl = out.indexOf("\n", scanned)) {
         const l = out.slice(scanned, nl).trim();
         scanned = nl + 1;
-        if (l.startsWith('{"begin"') || l.startsWith('{"workload"')) exitSnaps.push(histRead());
+        if (l.startsWith('{"begin"') || l.startsWith('{"workload"')) {
+          cpuSnaps.push(threadCpu(p.pid));
+          if (countExits) exitSnaps.push(histRead());
+        }
       }
       clearTimeout(silence);
       silence = setTimeout(hang(`console silent for ${SILENCE_MS / 1000} s`), SILENCE_MS);
@@ -301,6 +337,9 @@ function boot(argv, { watch = false } = {}) {
         err,
         ...(exitSnaps.length > 1
           ? { exitsPerWorkload: exitSnaps.slice(1).map((snap, i) => histDelta(exitSnaps[i], snap)) }
+          : {}),
+        ...(cpuSnaps.length > 1
+          ? { threadCpuPerWorkload: cpuSnaps.slice(1).map((snap, i) => cpuDelta(cpuSnaps[i], snap)) }
           : {}),
         ...(statSamples !== undefined ? { statSamples } : {}),
       });
@@ -360,6 +399,7 @@ async function runOne(format, vmm, image) {
       peakRssKiB: r.peakRssKiB,
       ...(r.statSamples !== undefined ? { statSamples: r.statSamples } : {}),
       ...(r.exitsPerWorkload ? { exitsPerWorkload: r.exitsPerWorkload } : {}),
+      ...(r.threadCpuPerWorkload ? { threadCpuPerWorkload: r.threadCpuPerWorkload } : {}),
       guestTimer: /@@GUEST-TIMER (.*)/.exec(r.out)?.[1]?.trim(),
       code: r.code,
       status: p.status,

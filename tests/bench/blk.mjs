@@ -150,6 +150,54 @@ for (const format of formats) {
   for (const [v, t] of timers) console.log(`${nameOf(v)}'s guest: ${t}`);
 }
 
+// CPU per request, by thread, as the host kernel counted it (schedstat; a vCPU thread's time
+// includes its guest's): what each VMM spends to serve one request, beside the peers.
+for (const format of formats) {
+  const counted = vmms.filter((v) =>
+    rows.some((r) => r.ok && r.format === format && r.vmm === v && r.threadCpuPerWorkload),
+  );
+  if (!counted.length) continue;
+  console.log(
+    `\n${format}: CPU µs per request, by thread (schedstat; vCPU threads include the guest's time)\n`,
+  );
+  console.log(`| workload | ${counted.map((v) => nameOf(v)).join(" | ")} |`);
+  console.log(`|---|${counted.map(() => "---|").join("")}`);
+  for (const l of labelsOf(rows.filter((r) => r.ok && r.format === format))) {
+    const cells = counted.map((v) => {
+      // Medians over the runs, per thread name (tids differ between runs).
+      const perName = new Map();
+      const totals = [];
+      for (const r of rows.filter(
+        (x) => x.ok && x.format === format && x.vmm === v && x.threadCpuPerWorkload,
+      )) {
+        const i = r.workloads.findIndex((w) => label(w) === l);
+        const cpu = r.threadCpuPerWorkload[i];
+        const ops = r.workloads[i]?.ops;
+        if (!cpu || !ops) continue;
+        // Several threads may share a name (Node's are all "node"): ranked by CPU, busiest first.
+        const byName = new Map();
+        const entries = Object.entries(cpu).sort((a, b) => b[1] - a[1]);
+        for (const [k, ns] of entries) {
+          const name = k.slice(0, k.lastIndexOf("#"));
+          let key = name;
+          for (let n = 2; byName.has(key); n++) key = `${name}(${n})`;
+          byName.set(key, ns / 1000 / ops);
+        }
+        totals.push([...byName.values()].reduce((a, b) => a + b, 0));
+        for (const [k, us] of byName) perName.set(k, [...(perName.get(k) ?? []), us]);
+      }
+      if (!totals.length) return "–";
+      const top = [...perName.entries()]
+        .map(([k, us]) => [k, median(us)])
+        .sort((a, b) => b[1] - a[1])
+        .slice(0, 3)
+        .map(([k, us]) => `${k} ${fmt(us, 0)}`);
+      return `**${fmt(median(totals), 0)}** (${top.join(", ")})`;
+    });
+    console.log(`| ${l} | ${cells.join(" | ")} |`);
+  }
+}
+
 // What watching costs: the same tskvm with and without `tskvm stat --watch` beside it.
 for (const format of formats) {
   const base = rows.filter((r) => r.ok && r.format === format && r.vmm === "tskvm");
