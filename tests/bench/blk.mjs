@@ -117,33 +117,51 @@ for (const format of formats) {
   }
 }
 
+/**
+ * Prints, for `format`, a table of a per-workload count that each run's row carries in `field`
+ * (one entry per workload), a column per VMM that has it: `cell` turns the runs' entries for a
+ * workload, each with the workload's request count (`ops`), into the cell's text.
+ */
+function perRequestTable(format, field, title, cell) {
+  const withField = (v) => rows.filter((r) => r.ok && r.format === format && r.vmm === v && r[field]);
+  const shown = vmms.filter((v) => withField(v).length > 0);
+  if (!shown.length) return [];
+  console.log(`\n${format}: ${title}\n`);
+  console.log(`| workload | ${shown.map((v) => nameOf(v)).join(" | ")} |`);
+  console.log(`|---|${shown.map(() => "---|").join("")}`);
+  for (const l of labelsOf(rows.filter((r) => r.ok && r.format === format))) {
+    const cells = shown.map((v) => {
+      const samples = withField(v).flatMap((r) => {
+        const i = r.workloads.findIndex((w) => label(w) === l);
+        const ops = r.workloads[i]?.ops;
+        return r[field][i] && ops ? [{ value: r[field][i], ops }] : [];
+      });
+      return samples.length ? cell(samples) : "–";
+    });
+    console.log(`| ${l} | ${cells.join(" | ")} |`);
+  }
+  return shown;
+}
+
 // VM exits per request, by reason, as the host kernel counted them (TSKVM_BENCH_BLK_EXITS=1).
 for (const format of formats) {
-  const traced = vmms.filter((v) =>
-    rows.some((r) => r.ok && r.format === format && r.vmm === v && r.exitsPerWorkload),
-  );
-  if (!traced.length) continue;
-  console.log(`\n${format}: VM exits per request (kvm:kvm_exit in the host kernel; the main reasons)\n`);
-  console.log(`| workload | ${traced.map((v) => nameOf(v)).join(" | ")} |`);
-  console.log(`|---|${traced.map(() => "---|").join("")}`);
-  const labels = labelsOf(rows.filter((r) => r.ok && r.format === format));
-  for (const l of labels) {
-    const cells = traced.map((v) => {
+  const traced = perRequestTable(
+    format,
+    "exitsPerWorkload",
+    "VM exits per request (kvm:kvm_exit in the host kernel; the main reasons)",
+    (samples) => {
       // The first run of this VMM with counts (exits vary little between runs; IOPS do).
-      const r = rows.find((x) => x.ok && x.format === format && x.vmm === v && x.exitsPerWorkload);
-      const i = r.workloads.findIndex((w) => label(w) === l);
-      const exits = r.exitsPerWorkload[i]?.exit;
-      const ops = r.workloads[i]?.ops;
-      if (!exits || !ops) return "–";
+      const { value, ops } = samples[0];
+      const exits = value.exit;
+      if (!exits) return "–";
       const total = Object.values(exits).reduce((a, b) => a + b, 0);
       const top = Object.entries(exits)
         .sort((a, b) => b[1] - a[1])
         .slice(0, 4)
         .map(([k, n]) => `${k} ${fmt(n / ops, 2)}`);
       return `**${fmt(total / ops, 2)}** (${top.join(", ")})`;
-    });
-    console.log(`| ${l} | ${cells.join(" | ")} |`);
-  }
+    },
+  );
   const timers = traced
     .map((v) => [v, rows.find((x) => x.format === format && x.vmm === v && x.guestTimer)?.guestTimer])
     .filter(([, t]) => t);
@@ -152,32 +170,19 @@ for (const format of formats) {
 
 // CPU per request, by thread, as the host kernel counted it (schedstat; a vCPU thread's time
 // includes its guest's): what each VMM spends to serve one request, beside the peers.
-for (const format of formats) {
-  const counted = vmms.filter((v) =>
-    rows.some((r) => r.ok && r.format === format && r.vmm === v && r.threadCpuPerWorkload),
-  );
-  if (!counted.length) continue;
-  console.log(
-    `\n${format}: CPU µs per request, by thread (schedstat; vCPU threads include the guest's time)\n`,
-  );
-  console.log(`| workload | ${counted.map((v) => nameOf(v)).join(" | ")} |`);
-  console.log(`|---|${counted.map(() => "---|").join("")}`);
-  for (const l of labelsOf(rows.filter((r) => r.ok && r.format === format))) {
-    const cells = counted.map((v) => {
+for (const format of formats)
+  perRequestTable(
+    format,
+    "threadCpuPerWorkload",
+    "CPU µs per request, by thread (schedstat; vCPU threads include the guest's time)",
+    (samples) => {
       // Medians over the runs, per thread name (tids differ between runs).
       const perName = new Map();
       const totals = [];
-      for (const r of rows.filter(
-        (x) => x.ok && x.format === format && x.vmm === v && x.threadCpuPerWorkload,
-      )) {
-        const i = r.workloads.findIndex((w) => label(w) === l);
-        const cpu = r.threadCpuPerWorkload[i];
-        const ops = r.workloads[i]?.ops;
-        if (!cpu || !ops) continue;
+      for (const { value: cpu, ops } of samples) {
         // Several threads may share a name (Node's are all "node"): ranked by CPU, busiest first.
         const byName = new Map();
-        const entries = Object.entries(cpu).sort((a, b) => b[1] - a[1]);
-        for (const [k, ns] of entries) {
+        for (const [k, ns] of Object.entries(cpu).sort((a, b) => b[1] - a[1])) {
           const name = k.slice(0, k.lastIndexOf("#"));
           let key = name;
           for (let n = 2; byName.has(key); n++) key = `${name}(${n})`;
@@ -186,17 +191,14 @@ for (const format of formats) {
         totals.push([...byName.values()].reduce((a, b) => a + b, 0));
         for (const [k, us] of byName) perName.set(k, [...(perName.get(k) ?? []), us]);
       }
-      if (!totals.length) return "–";
       const top = [...perName.entries()]
         .map(([k, us]) => [k, median(us)])
         .sort((a, b) => b[1] - a[1])
         .slice(0, 3)
         .map(([k, us]) => `${k} ${fmt(us, 0)}`);
       return `**${fmt(median(totals), 0)}** (${top.join(", ")})`;
-    });
-    console.log(`| ${l} | ${cells.join(" | ")} |`);
-  }
-}
+    },
+  );
 
 // What watching costs: the same tskvm with and without `tskvm stat --watch` beside it.
 for (const format of formats) {
