@@ -75,8 +75,11 @@ export function sys<T>(operation: string, call: () => T, path?: string): T {
 /** How often a KVM ioctl interrupted by signals is made again before its EINTR is reported. */
 const MAX_EINTR_RESTARTS = 1000;
 
-/** A native call's failure as the {@link KvmError} named after `operation` (other errors as they are). */
-function describeSysError(operation: string, e: unknown, path: string | undefined): unknown {
+/**
+ * A native call's failure as the {@link KvmError} named after `operation` (other errors as they
+ * are): what {@link sys} throws, for a hot path that calls the addon without a closure.
+ */
+export function describeSysError(operation: string, e: unknown, path: string | undefined): unknown {
   if (e instanceof KvmError) return e;
   if (isNativeErrnoError(e))
     return new KvmError(operation, e.errno, undefined, hintFor(operation, e.errno, path));

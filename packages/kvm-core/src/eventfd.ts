@@ -1,4 +1,4 @@
-import { sys, usageError } from "./errors.js";
+import { describeSysError, sys, usageError } from "./errors.js";
 import { EFD_NONBLOCK, POLLIN } from "./ioctls.js";
 import { native } from "./native.js";
 
@@ -41,7 +41,24 @@ export class EventFd {
 
   /** Adds `value` to the counter, waking readers. */
   write(value: number | bigint = 1): void {
-    sys("eventfd write", () => native().eventfdWrite(this.fd, value));
+    // No closure per call: an irqfd is written once per interrupt.
+    try {
+      native().eventfdWrite(this.fd, value);
+    } catch (e) {
+      throw describeSysError("eventfd write", e, undefined);
+    }
+  }
+
+  /**
+   * Reads and resets the counter without allocating (a device loop's wake-up): true when it
+   * was non-zero. On a non-blocking eventfd false when it was zero; a blocking one waits.
+   */
+  consume(): boolean {
+    try {
+      return native().eventfdConsume(this.fd);
+    } catch (e) {
+      throw describeSysError("eventfd read", e, undefined);
+    }
   }
 
   /**

@@ -18,6 +18,7 @@ export {
   PAGE_SIZE,
   WINDOW_SIZE,
 } from "./memory.js";
+export { PollSet } from "./poll-set.js";
 export {
   type AccelerationProbe,
   HARDWARE_SPEED_THRESHOLD,

@@ -22,6 +22,7 @@ export interface NativeBinding {
   eventfd(initval: number, flags: number): number;
   eventfdRead(fd: number): bigint;
   eventfdWrite(fd: number, value: number | bigint): void;
+  eventfdConsume(fd: number): boolean;
   poll(fds: Int32Array, events: Int16Array, revents: Int16Array, timeoutMs: number): number;
   gettid(): number;
   getpid(): number;

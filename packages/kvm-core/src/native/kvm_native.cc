@@ -261,6 +261,20 @@ Napi::Value EventFdRead(const Napi::CallbackInfo& info) {
   return Napi::BigInt::New(env, v);
 }
 
+// eventfdConsume(fd) -> true when the counter was read (and reset), false when it was zero on a
+// non-blocking fd. Nothing allocated: a device loop calls this on every wake-up.
+Napi::Value EventFdConsume(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int64_t fd = -1;
+  if (!GetInt(info, 0, &fd)) return ThrowType(env, "eventfdConsume(fd)");
+  uint64_t v = 0;
+  ssize_t n = ::read(static_cast<int>(fd), &v, sizeof v);
+  if (n < 0 && errno == EAGAIN) return Napi::Boolean::New(env, false);
+  if (n < 0) return ThrowErrno(env, "read", errno);
+  if (n != sizeof v) return ThrowErrno(env, "read", EIO);
+  return Napi::Boolean::New(env, true);
+}
+
 Napi::Value EventFdWrite(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int64_t fd = -1, value = 0;
@@ -283,9 +297,12 @@ Napi::Value Poll(const Napi::CallbackInfo& info) {
   auto revents = info[2].As<Napi::Int16Array>();
   size_t n = fds.ElementLength();
   if (events.ElementLength() != n || revents.ElementLength() != n) return ThrowType(env, "poll: array lengths differ");
-  std::vector<pollfd> p(n);
+  // A device loop polls a handful of fds on every wake-up: those stay on the stack.
+  pollfd small[16];
+  std::vector<pollfd> large(n > 16 ? n : 0);
+  pollfd* p = n > 16 ? large.data() : small;
   for (size_t i = 0; i < n; i++) p[i] = pollfd{fds[i], events[i], 0};
-  int r = ::poll(p.data(), n, static_cast<int>(timeout));
+  int r = ::poll(p, n, static_cast<int>(timeout));
   if (r < 0) return ThrowErrno(env, "poll", errno);
   for (size_t i = 0; i < n; i++) revents[i] = p[i].revents;
   return Napi::Number::New(env, r);
@@ -367,6 +384,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("eventfd", Napi::Function::New(env, EventFd));
   exports.Set("eventfdRead", Napi::Function::New(env, EventFdRead));
   exports.Set("eventfdWrite", Napi::Function::New(env, EventFdWrite));
+  exports.Set("eventfdConsume", Napi::Function::New(env, EventFdConsume));
   exports.Set("poll", Napi::Function::New(env, Poll));
   exports.Set("gettid", Napi::Function::New(env, Gettid));
   exports.Set("getpid", Napi::Function::New(env, Getpid));
