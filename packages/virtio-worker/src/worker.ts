@@ -14,7 +14,7 @@ import {
   GuestMemory,
   type GuestMemoryDescriptor,
   getThreadNice,
-  pollReadable,
+  PollSet,
   setCurrentThreadName,
   setThreadIoPriority,
   setThreadNice,
@@ -160,16 +160,6 @@ function readClock(): number {
   return clock;
 }
 
-/** poll(2), with a signal (EINTR: a profiler, a kick meant for another thread) counting as "nothing yet". */
-function poll(fds: readonly number[], timeoutMs: number): boolean[] {
-  try {
-    return pollReadable(fds, timeoutMs);
-  } catch (e) {
-    if ((e as { code?: unknown }).code === "EINTR") return fds.map(() => false);
-    throw e;
-  }
-}
-
 /** One device served by this worker. */
 class Slot {
   readonly data: DeviceSlotData;
@@ -297,9 +287,18 @@ class Slot {
     this.#guard(() => {
       host = this.served.hostFds?.() ?? [];
     });
+    // The same host fds as last round: the same array (the loop then keeps its poll set).
+    const last = this.#withHost;
+    const own = this.#fds.length;
+    let same = last !== undefined && last.length === own + host.length;
+    for (let k = 0; same && k < host.length; k++) same = last![own + k] === host[k];
+    if (!same) this.#withHost = [...this.#fds, ...host];
     this.#polledHost = host;
-    return [...this.#fds, ...host];
+    return this.#withHost!;
   }
+
+  /** {@link pollFds}' last answer with host fds. */
+  #withHost: readonly number[] | undefined;
 
   post(e: WorkerEvent): void {
     this.#events.postMessage(e);
@@ -336,7 +335,7 @@ class Slot {
   timeout(idle: number, now: number): number {
     // Held: the queues wait for the resume (a command), completions wake the poll themselves.
     if (this.#held) return idle;
-    if (this.pending.some((p) => p)) return 0;
+    for (const p of this.pending) if (p) return 0;
     if (this.#pollWindow.open(now, this.lastWork)) return 0;
     if (this.#unsilence()) return 0;
     let t = idle;
@@ -397,16 +396,18 @@ class Slot {
     this.#silenced[i] = active.queue;
   }
 
-  /** One round after poll: `readable` is this slot's part of poll's answer; `timedOut` the whole poll found nothing. */
-  round(readable: readonly boolean[], timedOut: boolean): void {
-    let at = 0;
-    if (readable[at++]) {
-      this.#control.read();
+  /**
+   * One round after poll: this slot's fds (its {@link pollFds}) are `polled`'s from index `at`;
+   * `timedOut`: the whole poll found nothing.
+   */
+  round(polled: PollSet, at: number, timedOut: boolean): void {
+    if (polled.readable(at++)) {
+      this.#control.consume();
       this.#serveCommands();
     }
-    if (this.#channel && readable[at++]) this.#serveChannel(this.#channel);
-    if (this.#resample && readable[at++]) {
-      this.#resample.read();
+    if (this.#channel && polled.readable(at++)) this.#serveChannel(this.#channel);
+    if (this.#resample && polled.readable(at++)) {
+      this.#resample.consume();
       this.#guard(() => {
         this.#pci?.resampleIntx();
         this.#mmio?.resampleIrq();
@@ -417,8 +418,8 @@ class Slot {
     for (let i = 0; i < this.#notify.length; i++) {
       // A poll that timed out: look at every queue anyway (a safety net for a lost notification).
       if (timedOut) this.pending[i] = true;
-      const kicked = readable[at + i] === true;
-      if (kicked) this.#notify[i]!.read();
+      const kicked = polled.readable(at + i);
+      if (kicked) this.#notify[i]!.consume();
       if (kicked || (polling && this.#hasRequests(i))) {
         // A request arrived: how long after the last answer tells the window how to adapt.
         if (!this.pending[i]) this.#pollWindow.observe(now - this.lastWork);
@@ -435,7 +436,7 @@ class Slot {
     }
     // The device's host fds (after the notify fds): it reads them and marks the queues to serve.
     for (let k = 0; k < this.#polledHost.length; k++)
-      if (readable[at + this.#notify.length + k]) {
+      if (polled.readable(at + this.#notify.length + k)) {
         const fd = this.#polledHost[k]!;
         const before = this.served.served;
         const bytes = this.served.bytesServed ?? 0;
@@ -472,11 +473,14 @@ class Slot {
       this.#endThrottle();
       const before = this.served.served;
       const beforeBytes = this.served.bytesServed ?? 0;
-      this.#guard(() => {
+      // The guard written out (no closure per serve).
+      try {
         const left = this.served.serveQueue(i, { requests, bytes, shouldStop: this.#stopRequested });
         if (left === true) this.pending[i] = true;
         else if (typeof left === "number" && left > 0) this.#retryAt[i] = clock + left;
-      });
+      } catch (e) {
+        this.#deviceFailed(e);
+      }
       this.#countServed(before, beforeBytes);
       // Drained (notifications back on) with the window open: the loop looks at the ring itself
       // until the window closes, so the driver need not kick — a VM exit and a wake-up spared.
@@ -816,25 +820,45 @@ async function main(): Promise<void> {
   }
   const inbox = data.inbox ? { port: data.inbox.port, efd: EventFd.fromFd(data.inbox.fd, true) } : undefined;
   let closing = false;
+  // What is polled: the inbox's eventfd, then each slot's fds (its pollFds, in slot order). Built
+  // again only when a slot or its fds change: a round allocates nothing.
+  const polled = new PollSet();
+  let polledSlots: Slot[] = [];
+  const slotFds: (readonly number[])[] = [];
+  const fds: number[] = [];
+  let built = false;
   for (;;) {
     // A shared worker lives until its owner closes it; a worker of its own, until its device stops.
     if (inbox ? closing && slots.length === 0 : slots.length === 0) break;
-    const fds: number[] = inbox ? [inbox.efd.fd] : [];
-    // The slots as polled (one added from the inbox below joins the next round).
-    const polled = [...slots];
-    const slotFds = polled.map((s) => s.pollFds());
-    for (const f of slotFds) fds.push(...f);
+    let changed = !built || polledSlots.length !== slots.length;
+    for (let k = 0; k < slots.length; k++) {
+      const f = slots[k]!.pollFds();
+      if (changed || polledSlots[k] !== slots[k] || slotFds[k] !== f) {
+        changed = true;
+        slotFds[k] = f;
+      }
+    }
+    if (changed) {
+      // The slots as polled (one added from the inbox below joins the next round).
+      polledSlots = [...slots];
+      slotFds.length = slots.length;
+      fds.length = 0;
+      if (inbox) fds.push(inbox.efd.fd);
+      for (const f of slotFds) fds.push(...f);
+      polled.setFds(fds);
+      built = true;
+    }
     let timeout = data.pollTimeoutMs;
     for (const s of slots) timeout = Math.min(timeout, s.timeout(data.pollTimeoutMs, clock));
-    const readable = poll(fds, timeout);
+    const ready = polled.wait(timeout);
     // Slept: time moved on. Otherwise the clock read at the end of the last round is close enough.
     if (timeout !== 0) readClock();
     const roundStart = clock;
-    if (timeout > 0 || readable.some((r) => r)) thread.wakeups++;
-    const timedOut = timeout === data.pollTimeoutMs && !readable.some((r) => r);
+    if (timeout > 0 || ready > 0) thread.wakeups++;
+    const timedOut = timeout === data.pollTimeoutMs && ready === 0;
     let at = 0;
-    if (inbox && readable[at++]) {
-      inbox.efd.read();
+    if (inbox && polled.readable(at++)) {
+      inbox.efd.consume();
       for (let m = receiveMessageOnPort(inbox.port); m; m = receiveMessageOnPort(inbox.port)) {
         const msg = m.message as { type: "add"; device: DeviceSlotData } | { type: "close" };
         if (msg.type === "close") closing = true;
@@ -844,8 +868,9 @@ async function main(): Promise<void> {
         }
       }
     }
-    for (const [k, s] of polled.entries()) {
-      const part = readable.slice(at, at + slotFds[k]!.length);
+    for (let k = 0; k < polledSlots.length; k++) {
+      const s = polledSlots[k]!;
+      const first = at;
       at += slotFds[k]!.length;
       if (s.stopping) {
         s.finish();
@@ -853,7 +878,7 @@ async function main(): Promise<void> {
         continue;
       }
       try {
-        s.round(part, timedOut);
+        s.round(polled, first, timedOut);
       } catch (e) {
         // Outside the guard (the runtime's own failure): this device ends, the others go on.
         const failure = describeError(e);
