@@ -28,6 +28,8 @@ const [
   runsArg = "1",
   lkvm = "-",
   exitsArg = "",
+  workloadsArg = "",
+  baseRoot = "",
 ] = process.argv.slice(2);
 if (!kernel || !initrd) {
   console.error("usage: blk-in-guest.mjs KERNEL INITRD [FORMATS] [SECONDS] [VMMS] [RUNS] [LKVM|-]");
@@ -137,7 +139,7 @@ const cmd =
   'echo "@@GUEST-TIMER clockevent=$(cat /sys/devices/system/clockevents/clockevent0/current_device)' +
   " clocksource=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)" +
   ' apic=$(dmesg | grep -q "x2apic enabled" && echo x2apic || echo xapic)"; ' +
-  `/blkbench -t ${seconds} /dev/vda`;
+  `/blkbench -t ${seconds} /dev/vda ${workloadsArg.split(",").join(" ")}`;
 // `quiet`: the boot's console chatter goes through an emulated UART (slow in the sandbox)
 // and is not what is measured.
 const cmdParam = `quiet tskvm.cmd64=${Buffer.from(cmd).toString("base64")}`;
@@ -191,6 +193,17 @@ function argvFor(vmm, image, format) {
       return tskvmArgv({ ...guest, args: ["-d", `${image},aio=io_uring`] });
     case "tskvm-nopoll":
       return tskvmArgv({ ...guest, args: ["-d", `${image},poll=0`] });
+    case "tskvm-base":
+      // The default tskvm of another checkout (TSKVM_BENCH_BLK_BASE): a change beside its base, in one boot.
+      if (!baseRoot) throw new Error("tskvm-base needs TSKVM_BENCH_BLK_BASE (another checkout, built)");
+      return tskvmArgv({ ...guest, args: ["-d", image], root: baseRoot });
+    case "tskvm-prof": {
+      // The default tskvm under V8's sampling profiler (every thread writes its own profile to
+      // PROF_DIR at exit, summarised in the log after the run): ~10× slower in the sandbox, so
+      // its figures say where the time goes, not how fast.
+      const argv = tskvmArgv({ ...guest, args: ["-d", image] });
+      return [argv[0], "--cpu-prof", `--cpu-prof-dir=${PROF_DIR}`, ...argv.slice(1)];
+    }
     case "tskvm-stat":
       // The default tskvm, with `tskvm stat --watch` reading its counters once a second (see boot).
       return tskvmArgv({ ...guest, args: ["--name", STAT_VM, "-d", image] });
@@ -210,18 +223,24 @@ function readHwmKiB(pid) {
 
 /**
  * CPU time of each thread of process `pid` so far (ns on a CPU, from schedstat), keyed
- * "comm#tid"; a vCPU thread's includes the time its guest ran. Empty once the process is gone.
+ * "comm#tid" (`cpu`; a vCPU thread's includes the time its guest ran), and the part of it
+ * spent in the kernel (`sys`, from stat's stime: 10 ms ticks). Empty once the process is gone.
  */
 function threadCpu(pid) {
-  const out = {};
+  const cpu = {};
+  const sys = {};
   try {
     for (const tid of readdirSync(`/proc/${pid}/task`)) {
       try {
-        const ns = Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, "utf8").split(" ")[0]);
+        const dir = `/proc/${pid}/task/${tid}`;
+        const ns = Number(readFileSync(`${dir}/schedstat`, "utf8").split(" ")[0]);
+        // stat's fields after "(comm) ": state is field 3, stime field 15; USER_HZ is 100 on x86.
+        const stat = readFileSync(`${dir}/stat`, "utf8");
+        const stime = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[12]);
         // The process's first thread is its main thread, whatever its name.
-        const comm =
-          tid === String(pid) ? "main" : readFileSync(`/proc/${pid}/task/${tid}/comm`, "utf8").trim();
-        out[`${comm}#${tid}`] = ns;
+        const comm = tid === String(pid) ? "main" : readFileSync(`${dir}/comm`, "utf8").trim();
+        cpu[`${comm}#${tid}`] = ns;
+        sys[`${comm}#${tid}`] = stime * 1e7;
       } catch {
         // the thread ended meanwhile
       }
@@ -229,7 +248,7 @@ function threadCpu(pid) {
   } catch {
     // gone already
   }
-  return out;
+  return { cpu, sys };
 }
 
 /** Per thread, the CPU ns spent between two {@link threadCpu} snapshots (threads that ran only). */
@@ -239,6 +258,34 @@ const cpuDelta = (a, b) =>
       .map(([k, ns]) => [k, ns - (a[k] ?? 0)])
       .filter(([, ns]) => ns > 0),
   );
+
+/** Where tskvm-prof's threads write their CPU profiles. */
+const PROF_DIR = join(work, "prof");
+
+/**
+ * Logs, for each CPU profile in PROF_DIR (one per thread), the functions that took the most
+ * samples themselves, with their share; then removes the profiles.
+ */
+function summariseProfiles(label) {
+  if (!existsSync(PROF_DIR)) return;
+  for (const file of readdirSync(PROF_DIR).filter((f) => f.endsWith(".cpuprofile"))) {
+    const profile = JSON.parse(readFileSync(join(PROF_DIR, file), "utf8"));
+    const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+    const self = new Map();
+    for (const id of profile.samples) {
+      const { functionName, url, lineNumber } = byId.get(id).callFrame;
+      const key = `${functionName || "(anonymous)"} ${url.split("/").slice(-2).join("/")}:${lineNumber + 1}`;
+      self.set(key, (self.get(key) ?? 0) + 1);
+    }
+    const total = profile.samples.length;
+    const top = [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 25);
+    log(
+      `${label} profile ${file}: ${total} samples over ${((profile.endTime - profile.startTime) / 1e6).toFixed(1)} s\n` +
+        top.map(([k, n]) => `  ${((100 * n) / total).toFixed(1).padStart(5)}% ${k}`).join("\n"),
+    );
+  }
+  rmSync(PROF_DIR, { recursive: true, force: true });
+}
 
 /** The name of the VM that `tskvm stat --watch` watches in the tskvm-stat rows. */
 const STAT_VM = "bench-stat";
@@ -339,7 +386,12 @@ function boot(argv, { watch = false } = {}) {
           ? { exitsPerWorkload: exitSnaps.slice(1).map((snap, i) => histDelta(exitSnaps[i], snap)) }
           : {}),
         ...(cpuSnaps.length > 1
-          ? { threadCpuPerWorkload: cpuSnaps.slice(1).map((snap, i) => cpuDelta(cpuSnaps[i], snap)) }
+          ? {
+              threadCpuPerWorkload: cpuSnaps.slice(1).map((snap, i) => cpuDelta(cpuSnaps[i].cpu, snap.cpu)),
+              threadSysCpuPerWorkload: cpuSnaps
+                .slice(1)
+                .map((snap, i) => cpuDelta(cpuSnaps[i].sys, snap.sys)),
+            }
           : {}),
         ...(statSamples !== undefined ? { statSamples } : {}),
       });
@@ -399,7 +451,9 @@ async function runOne(format, vmm, image) {
       peakRssKiB: r.peakRssKiB,
       ...(r.statSamples !== undefined ? { statSamples: r.statSamples } : {}),
       ...(r.exitsPerWorkload ? { exitsPerWorkload: r.exitsPerWorkload } : {}),
-      ...(r.threadCpuPerWorkload ? { threadCpuPerWorkload: r.threadCpuPerWorkload } : {}),
+      ...(r.threadCpuPerWorkload
+        ? { threadCpuPerWorkload: r.threadCpuPerWorkload, threadSysCpuPerWorkload: r.threadSysCpuPerWorkload }
+        : {}),
       guestTimer: /@@GUEST-TIMER (.*)/.exec(r.out)?.[1]?.trim(),
       code: r.code,
       status: p.status,
@@ -465,6 +519,7 @@ try {
           continue;
         }
         emit({ run, ...(await runOne(format, vmm, images[format])) });
+        if (vmm.split("@")[0] === "tskvm-prof") summariseProfiles(`${format} ${vmm} run ${run}`);
       }
     }
   }

@@ -7,11 +7,15 @@
 //   TSKVM_BENCH_BLK_RUNS=3 ...                           medians of 3 runs per VMM and format
 //
 // Environment: TSKVM_BENCH_BLK_FORMATS (raw; comma list of raw, qcow2), TSKVM_BENCH_BLK_SECONDS
-// (3, per workload), TSKVM_BENCH_BLK_VMMS (tskvm,tskvm-io_uring,tskvm-nopoll,tskvm-stat,kvmtool,kvmtool-noaio,qemu,qemu-iothread; VMM@CPUS pins one to CPUS with taskset, e.g. tskvm@0), TSKVM_BENCH_BLK_RUNS (1;
-// more runs, round-robin, give medians: the sandbox is noisy), TSKVM_BENCH_BLK_EXITS (1: count
-// the VM exits of each workload in the host kernel, kvm:kvm_exit, and print them per request —
-// needs root and tracefs, as in the sandbox), TSKVM_BENCH_BLK_JSON
-// (where the rows go; default bench/results/blk-DATE.json), TSKVM_E2E_TARGET (host|sandbox).
+// (3, per workload), TSKVM_BENCH_BLK_VMMS (tskvm,tskvm-io_uring,tskvm-nopoll,tskvm-stat,kvmtool,
+// kvmtool-noaio,qemu,qemu-iothread; also tskvm-prof: under V8's profiler, each thread's top
+// functions in the log; tskvm-base: the CLI of the checkout at TSKVM_BENCH_BLK_BASE, built — a
+// change beside its base in one boot; VMM@CPUS pins one to CPUS with taskset, e.g. tskvm@0),
+// TSKVM_BENCH_BLK_RUNS (1; more runs, round-robin, give medians: the sandbox is noisy),
+// TSKVM_BENCH_BLK_EXITS (1: count the VM exits of each workload in the host kernel, kvm:kvm_exit,
+// and print them per request — needs root and tracefs, as in the sandbox), TSKVM_BENCH_BLK_WORKLOADS (all; comma list of blkbench's seqread, seqwrite,
+// randread1, randread32, randwrite32), TSKVM_BENCH_BLK_JSON (where the rows go; default
+// bench/results/blk-DATE.json), TSKVM_E2E_TARGET (host|sandbox).
 //
 // blkbench.c is compiled static with gcc and appended, as a second gzip'd cpio archive,
 // to the default guest kit's initrd. Both files go to CACHE/bench/ (CACHE = guest-kit's
@@ -53,6 +57,8 @@ const { results: rows, log } = await runOnTarget(
     String(runs),
     peer.lkvm ?? "-",
     process.env.TSKVM_BENCH_BLK_EXITS ? "exits" : "",
+    process.env.TSKVM_BENCH_BLK_WORKLOADS ?? "",
+    process.env.TSKVM_BENCH_BLK_BASE ?? "",
   ],
   { timeoutMs: 5 * 60_000 + runs * formats.length * vmms.length * 2 * perRunMs },
 );
@@ -63,6 +69,8 @@ const names = {
   "tskvm-io_uring": "tskvm aio=io_uring",
   "tskvm-nopoll": "tskvm poll=0",
   "tskvm-stat": "tskvm + stat --watch",
+  "tskvm-prof": "tskvm --cpu-prof",
+  "tskvm-base": "tskvm (base)",
   kvmtool: "kvmtool",
   "kvmtool-noaio": "kvmtool no libaio",
   qemu: "QEMU",
@@ -120,7 +128,8 @@ for (const format of formats) {
 /**
  * Prints, for `format`, a table of a per-workload count that each run's row carries in `field`
  * (one entry per workload), a column per VMM that has it: `cell` turns the runs' entries for a
- * workload, each with the workload's request count (`ops`), into the cell's text.
+ * workload, each with the workload's request count (`ops`), its row and the workload's index
+ * there, into the cell's text.
  */
 function perRequestTable(format, field, title, cell) {
   const withField = (v) => rows.filter((r) => r.ok && r.format === format && r.vmm === v && r[field]);
@@ -134,7 +143,7 @@ function perRequestTable(format, field, title, cell) {
       const samples = withField(v).flatMap((r) => {
         const i = r.workloads.findIndex((w) => label(w) === l);
         const ops = r.workloads[i]?.ops;
-        return r[field][i] && ops ? [{ value: r[field][i], ops }] : [];
+        return r[field][i] && ops ? [{ value: r[field][i], ops, row: r, index: i }] : [];
       });
       return samples.length ? cell(samples) : "–";
     });
@@ -174,12 +183,14 @@ for (const format of formats)
   perRequestTable(
     format,
     "threadCpuPerWorkload",
-    "CPU µs per request, by thread (schedstat; vCPU threads include the guest's time)",
+    "CPU µs per request, by thread (schedstat; vCPU threads include the guest's time), and the share spent in the kernel (stat's stime)",
     (samples) => {
       // Medians over the runs, per thread name (tids differ between runs).
       const perName = new Map();
+      const sysPerName = new Map();
       const totals = [];
-      for (const { value: cpu, ops } of samples) {
+      for (const { value: cpu, ops, row, index } of samples) {
+        const sys = row.threadSysCpuPerWorkload?.[index] ?? {};
         // Several threads may share a name (Node's are all "node"): ranked by CPU, busiest first.
         const byName = new Map();
         for (const [k, ns] of Object.entries(cpu).sort((a, b) => b[1] - a[1])) {
@@ -187,6 +198,7 @@ for (const format of formats)
           let key = name;
           for (let n = 2; byName.has(key); n++) key = `${name}(${n})`;
           byName.set(key, ns / 1000 / ops);
+          if (sys[k] !== undefined) sysPerName.set(key, [...(sysPerName.get(key) ?? []), sys[k] / ns]);
         }
         totals.push([...byName.values()].reduce((a, b) => a + b, 0));
         for (const [k, us] of byName) perName.set(k, [...(perName.get(k) ?? []), us]);
@@ -195,7 +207,10 @@ for (const format of formats)
         .map(([k, us]) => [k, median(us)])
         .sort((a, b) => b[1] - a[1])
         .slice(0, 3)
-        .map(([k, us]) => `${k} ${fmt(us, 0)}`);
+        .map(([k, us]) => {
+          const sys = median(sysPerName.get(k) ?? []);
+          return `${k} ${fmt(us, 0)}${sys === undefined ? "" : ` (${fmt(Math.min(1, sys) * 100, 0)}% sys)`}`;
+        });
       return `**${fmt(median(totals), 0)}** (${top.join(", ")})`;
     },
   );

@@ -9,11 +9,11 @@ import { fileURLToPath } from "node:url";
 
 const cli = fileURLToPath(new URL("../../packages/cli/dist/main.js", import.meta.url));
 
-/** `tskvm run` with `args` (disks, devices) and kernel parameters `params`. */
-export function tskvmArgv({ kernel, initrd, params, args = [] }) {
+/** `tskvm run` with `args` (disks, devices) and kernel parameters `params`; `root`: another checkout's CLI. */
+export function tskvmArgv({ kernel, initrd, params, args = [], root }) {
   return [
     process.execPath,
-    cli,
+    root ? join(root, "packages/cli/dist/main.js") : cli,
     "run",
     "-k",
     kernel,
