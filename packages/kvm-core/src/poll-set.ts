@@ -39,7 +39,8 @@ export class PollSet {
   /** Polls `fds` from now on (readability cleared); new buffers only when the count changes. */
   setFds(fds: readonly number[]): void {
     for (const fd of fds)
-      if (!Number.isInteger(fd) || fd < 0 || fd > 0x7fffffff) throw usageError("poll", `bad descriptor ${fd}`);
+      if (!Number.isInteger(fd) || fd < 0 || fd > 0x7fffffff)
+        throw usageError("poll", `bad descriptor ${fd}`);
     if (fds.length !== this.#fds.length) {
       this.#fds = new Int32Array(fds.length);
       this.#events = new Int16Array(fds.length).fill(POLLIN);
