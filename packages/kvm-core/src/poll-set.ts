@@ -1,8 +1,7 @@
+import { constants } from "node:os";
 import { describeSysError, usageError } from "./errors.js";
 import { POLLIN } from "./ioctls.js";
 import { native } from "./native.js";
-
-const EINTR = 4;
 
 /**
  * poll(2) for readability over a set of descriptors that changes rarely — a device loop's
@@ -59,7 +58,7 @@ export class PollSet {
     try {
       return native().poll(this.#fds, this.#events, this.#revents, timeoutMs);
     } catch (e) {
-      if ((e as { errno?: unknown }).errno === EINTR) {
+      if ((e as { errno?: unknown }).errno === constants.errno.EINTR) {
         this.#revents.fill(0);
         return 0;
       }

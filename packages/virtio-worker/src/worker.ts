@@ -160,6 +160,8 @@ function readClock(): number {
   return clock;
 }
 
+const NO_FDS: readonly number[] = [];
+
 /** One device served by this worker. */
 class Slot {
   readonly data: DeviceSlotData;
@@ -275,30 +277,25 @@ class Slot {
     if (d.tuning) this.#tune(d.tuning);
   }
 
-  /** The fds to poll this round: the slot's own, then the device's host fds (taken once per round). */
-  pollFds(): readonly number[] {
-    // Most devices have none: their own fds as they are, nothing allocated per round. A held
-    // device reads its host fds only to complete what is in flight (no new input while paused).
+  /**
+   * Appends the fds to poll this round to `out` — the slot's own, then the device's host fds
+   * (taken once per round) — and returns how many.
+   */
+  addPollFds(out: number[]): number {
+    for (const fd of this.#fds) out.push(fd);
+    // A held device reads its host fds only to complete what is in flight (no new input while paused).
     if (!this.served.hostFds || (this.#held && this.#inFlight() === 0)) {
-      this.#polledHost = [];
-      return this.#fds;
+      this.#polledHost = NO_FDS;
+      return this.#fds.length;
     }
-    let host: readonly number[] = [];
+    let host: readonly number[] = NO_FDS;
     this.#guard(() => {
-      host = this.served.hostFds?.() ?? [];
+      host = this.served.hostFds?.() ?? NO_FDS;
     });
-    // The same host fds as last round: the same array (the loop then keeps its poll set).
-    const last = this.#withHost;
-    const own = this.#fds.length;
-    let same = last !== undefined && last.length === own + host.length;
-    for (let k = 0; same && k < host.length; k++) same = last![own + k] === host[k];
-    if (!same) this.#withHost = [...this.#fds, ...host];
+    for (const fd of host) out.push(fd);
     this.#polledHost = host;
-    return this.#withHost!;
+    return this.#fds.length + host.length;
   }
-
-  /** {@link pollFds}' last answer with host fds. */
-  #withHost: readonly number[] | undefined;
 
   post(e: WorkerEvent): void {
     this.#events.postMessage(e);
@@ -397,7 +394,7 @@ class Slot {
   }
 
   /**
-   * One round after poll: this slot's fds (its {@link pollFds}) are `polled`'s from index `at`;
+   * One round after poll: this slot's fds (its {@link addPollFds}) are `polled`'s from index `at`;
    * `timedOut`: the whole poll found nothing.
    */
   round(polled: PollSet, at: number, timedOut: boolean): void {
@@ -820,34 +817,25 @@ async function main(): Promise<void> {
   }
   const inbox = data.inbox ? { port: data.inbox.port, efd: EventFd.fromFd(data.inbox.fd, true) } : undefined;
   let closing = false;
-  // What is polled: the inbox's eventfd, then each slot's fds (its pollFds, in slot order). Built
-  // again only when a slot or its fds change: a round allocates nothing.
+  // What is polled: the inbox's eventfd, then each slot's fds, in slot order. The arrays are
+  // reused and the poll set changes only when the fds do: a round allocates nothing.
   const polled = new PollSet();
-  let polledSlots: Slot[] = [];
-  const slotFds: (readonly number[])[] = [];
+  const polledSlots: Slot[] = [];
+  const slotFdCounts: number[] = [];
   const fds: number[] = [];
-  let built = false;
   for (;;) {
     // A shared worker lives until its owner closes it; a worker of its own, until its device stops.
     if (inbox ? closing && slots.length === 0 : slots.length === 0) break;
-    let changed = !built || polledSlots.length !== slots.length;
-    for (let k = 0; k < slots.length; k++) {
-      const f = slots[k]!.pollFds();
-      if (changed || polledSlots[k] !== slots[k] || slotFds[k] !== f) {
-        changed = true;
-        slotFds[k] = f;
-      }
+    // The slots as polled (one added from the inbox below joins the next round).
+    polledSlots.length = 0;
+    slotFdCounts.length = 0;
+    fds.length = 0;
+    if (inbox) fds.push(inbox.efd.fd);
+    for (const s of slots) {
+      polledSlots.push(s);
+      slotFdCounts.push(s.addPollFds(fds));
     }
-    if (changed) {
-      // The slots as polled (one added from the inbox below joins the next round).
-      polledSlots = [...slots];
-      slotFds.length = slots.length;
-      fds.length = 0;
-      if (inbox) fds.push(inbox.efd.fd);
-      for (const f of slotFds) fds.push(...f);
-      polled.setFds(fds);
-      built = true;
-    }
+    if (!polled.matches(fds)) polled.setFds(fds);
     let timeout = data.pollTimeoutMs;
     for (const s of slots) timeout = Math.min(timeout, s.timeout(data.pollTimeoutMs, clock));
     const ready = polled.wait(timeout);
@@ -871,7 +859,7 @@ async function main(): Promise<void> {
     for (let k = 0; k < polledSlots.length; k++) {
       const s = polledSlots[k]!;
       const first = at;
-      at += slotFds[k]!.length;
+      at += slotFdCounts[k]!;
       if (s.stopping) {
         s.finish();
         slots.splice(slots.indexOf(s), 1);
